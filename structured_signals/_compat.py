@@ -1,0 +1,140 @@
+"""Everything that differs between Django, Python and asgiref versions.
+
+No other module of the package tests a version: they ask this one.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import django
+from asgiref import local as asgiref_local
+from asgiref.sync import AsyncToSync, SyncToAsync
+from asgiref.sync import iscoroutinefunction as asgiref_iscoroutinefunction
+
+if sys.version_info >= (3, 11):
+    from asyncio import TaskGroup
+    from builtins import BaseExceptionGroup
+else:
+    from exceptiongroup import BaseExceptionGroup
+    from taskgroup import TaskGroup
+
+if TYPE_CHECKING:
+    from django.dispatch import Signal
+
+__all__ = (
+    "ASGIREF_VARIABLES",
+    "BaseExceptionGroup",
+    "TaskGroup",
+    "asgiref_carrier",
+    "live_receivers",
+    "local_attributes",
+    "local_storage",
+    "rehomed",
+)
+
+Receiver = Callable[..., Any]
+
+# Django 5.0 added async receivers: `_live_receivers` returns (sync, async)
+# from then on; 4.2 returns one list and never awaits anything.
+_DJANGO_SPLITS_RECEIVERS = django.VERSION >= (5, 0)
+
+
+def live_receivers(signal: Signal, sender: Any) -> tuple[list[Receiver], list[Receiver]]:
+    """The live receivers for `sender`, as (sync, async), each in connection order."""
+    if _DJANGO_SPLITS_RECEIVERS:
+        sync_receivers, async_receivers = signal._live_receivers(sender)
+        return sync_receivers, async_receivers
+    receivers: list[Receiver] = signal._live_receivers(sender)  # type: ignore[assignment]
+    return (
+        [r for r in receivers if not asgiref_iscoroutinefunction(r)],
+        [r for r in receivers if asgiref_iscoroutinefunction(r)],
+    )
+
+
+# asgiref.local.Local keeps every attribute of one Local in ONE ContextVar.
+# 3.9.1-3.11 store a dict copied on write; 3.12+ wrap it in a `_Storage` tagged
+# with the thread that owns it, invisible from any other thread until it is
+# re-homed. (3.8 mutated one dict in place, so tasks could not be isolated at
+# all; 3.9.0 used a ContextVar per attribute: the floor is 3.9.1.)
+_Storage: Any = getattr(asgiref_local, "_Storage", None)
+_LOCAL_VARIABLE_NAME = "asgiref.local"
+
+
+def local_attributes(variable: contextvars.ContextVar[Any], value: object) -> Mapping[str, Any] | None:
+    """The attributes held by `value` if it is a Local's storage, else None."""
+    if _Storage is not None:
+        return value.data if isinstance(value, _Storage) else None  # type: ignore[no-any-return]
+    if variable.name == _LOCAL_VARIABLE_NAME and isinstance(value, dict):
+        return value
+    return None
+
+
+def local_storage(attributes: dict[str, Any]) -> object:
+    """A Local's storage holding `attributes`, owned by the current thread."""
+    if _Storage is not None:
+        return _Storage(threading.get_ident(), attributes)
+    return attributes
+
+
+def rehomed(context: contextvars.Context) -> contextvars.Context:
+    """`context`, with every Local storage in it handed to the current thread.
+
+    asgiref does the same when it moves a context between threads; without it
+    a Local set on one side of a thread hop reads as empty on the other. Gives
+    `context` itself when nothing has to move, else a copy: never mutates it.
+    """
+    if _Storage is None:
+        return context
+    thread_id = threading.get_ident()
+    moved = [
+        (variable, value.data)
+        for variable, value in context.items()
+        if isinstance(value, _Storage) and value.thread_id != thread_id
+    ]
+    if not moved:
+        return context
+    copy = context.copy()
+    copy.run(_set_values, [(variable, _Storage(thread_id, data)) for variable, data in moved])
+    return copy
+
+
+def _asgiref_variables() -> frozenset[contextvars.ContextVar[Any]]:
+    variables = {
+        value
+        for owner in (SyncToAsync, AsyncToSync)
+        for value in vars(owner).values()
+        if isinstance(value, contextvars.ContextVar)
+    }
+    # AsyncToSync.executors is a Local: its storage variable sits one level down.
+    variables.add(AsyncToSync.executors._storage._data)
+    return frozenset(variables)
+
+
+# Invariant: these are asgiref's own bookkeeping (which thread runs sync code),
+# never request state; the merge leaves them where asgiref put them.
+ASGIREF_VARIABLES = _asgiref_variables()
+
+
+def asgiref_carrier() -> contextvars.Context:
+    """A new context holding only asgiref's variables, as they are now.
+
+    Run sync_to_async/async_to_sync inside it, never in the caller's context:
+    asgiref before 3.13 copies the whole context across the thread hop and
+    back comparing every value with `!=`, which raises for a numpy array.
+    asgiref's variables choose the thread (Django's per-request thread), so
+    they must come along.
+    """
+    current = contextvars.copy_context()
+    carrier = contextvars.Context()
+    carrier.run(_set_values, [(v, current[v]) for v in ASGIREF_VARIABLES if v in current])
+    return carrier
+
+
+def _set_values(values: list[tuple[contextvars.ContextVar[Any], Any]]) -> None:
+    for variable, value in values:
+        variable.set(value)

@@ -1,0 +1,224 @@
+"""The context engine: what receivers changed, and a three-way merge of it.
+
+A dispatch snapshots the caller's context (the base), lets receivers write in
+copies of it, and at the end merges into the caller only what the receivers
+CHANGED. A change is a value that is not the base value *by identity*; a
+value's own `==` is consulted only to decide whether two writers agree, and
+an `==` that raises or returns a non-bool (a numpy array) means "different".
+`asgiref.local.Local` keeps all its attributes in one ContextVar, so the
+engine diffs and merges it attribute by attribute.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import reprlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Union
+
+from structured_signals._compat import ASGIREF_VARIABLES, local_attributes, local_storage
+
+__all__ = (
+    "MISSING",
+    "Conflict",
+    "ContextConflictError",
+    "OnConflict",
+    "Writer",
+    "apply",
+    "merge",
+)
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Final[Any] = _Missing()
+"""The value of a variable or Local attribute that is not set."""
+
+Variable = contextvars.ContextVar[Any]
+# A ContextVar, or one attribute of the Local whose storage is that ContextVar.
+Key = Union[Variable, tuple[Variable, str]]
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """One variable (or Local attribute) changed by several writers that disagree."""
+
+    variable: Variable
+    attribute: str | None
+    """The Local attribute, or None when `variable` is a plain ContextVar."""
+    base: object
+    """The value before the dispatch, `MISSING` when it was not set."""
+    writers: tuple[tuple[str, object], ...]
+    """(writer, value) in order: "caller" first, then receivers in connection order."""
+
+    @property
+    def name(self) -> str:
+        if self.attribute is None:
+            return self.variable.name
+        return f"Local attribute {self.attribute!r}"
+
+    def __str__(self) -> str:
+        written = ", ".join(f"{writer} set {reprlib.repr(value)}" for writer, value in self.writers)
+        return f"{self.name} (was {reprlib.repr(self.base)}): {written}"
+
+
+class ContextConflictError(RuntimeError):
+    """Several writers changed the same context variable to different values."""
+
+    def __init__(self, conflicts: Sequence[Conflict]) -> None:
+        self.conflicts = tuple(conflicts)
+        super().__init__(
+            f"{len(self.conflicts)} context variable(s) changed by more than one "
+            f"writer: {'; '.join(map(str, self.conflicts))}. Nothing was merged into the "
+            "caller's context. Make the receivers write different variables, or "
+            "construct the signal with on_conflict='first', 'last' or a callable "
+            "that picks the value to keep."
+        )
+
+
+# Stands for the sync receiver that wrote a key until a conflict needs its name.
+_SYNC_WRITER: Final = "sync receivers"
+
+OnConflict = Union[Literal["raise", "first", "last"], Callable[[Conflict], object]]
+
+
+@dataclass(frozen=True)
+class Writer:
+    """Receivers that ran in `context`, forked from the dispatch's contexts."""
+
+    name: str
+    context: contextvars.Context
+
+
+def merge(
+    *,
+    base: contextvars.Context,
+    caller: contextvars.Context,
+    sync_writers: Sequence[Writer],
+    async_base: contextvars.Context,
+    async_writers: Sequence[Writer],
+    on_conflict: OnConflict,
+) -> dict[Key, object]:
+    """What to write into the caller so that it gets the receivers' changes.
+
+    `sync_writers` ran one after another, each from the previous one's
+    context (the first from `base`); the last one's context is where the async
+    writers started (`async_base`, possibly re-homed to another thread). Async
+    writers ran side by side, so two of them changing a key is a conflict
+    unless they agree; so is the caller having changed a key meanwhile.
+    Raises ContextConflictError, before anything is written, when
+    `on_conflict` is "raise" and there is a conflict.
+    """
+    sync_end = sync_writers[-1].context if sync_writers else base
+    sync_changes = changes(base, sync_end)
+    async_changes = [(writer.name, changes(async_base, writer.context)) for writer in async_writers]
+
+    result: dict[Key, object] = {}
+    conflicts: list[Conflict] = []
+    for key in _union(sync_changes, *(changed for _, changed in async_changes)):
+        writers: list[tuple[str, object]] = []
+        base_value = read(base, key)
+        caller_value = read(caller, key)
+        if caller_value is not base_value:
+            writers.append(("caller", caller_value))
+        receivers = [(name, changed[key]) for name, changed in async_changes if key in changed]
+        writers.extend(receivers or [(_SYNC_WRITER, sync_changes[key])])
+        if all(_agree(writers[0][1], value) for _, value in writers[1:]):
+            chosen = writers[0]
+        elif on_conflict == "first":
+            chosen = writers[0]
+        elif on_conflict == "last":
+            chosen = writers[-1]
+        else:
+            named = [(_last_sync_writer(base, sync_writers, key) if name is _SYNC_WRITER else name, value) for name, value in writers]
+            conflict = _conflict(key, base_value, named)
+            if on_conflict == "raise":
+                conflicts.append(conflict)
+                continue
+            chosen = ("resolver", on_conflict(conflict))
+        if chosen[1] is not caller_value:
+            result[key] = chosen[1]
+    if conflicts:
+        raise ContextConflictError(conflicts)
+    return result
+
+
+def apply(changed: Mapping[Key, object]) -> None:
+    """Write `changed` into the current context, Local attributes included."""
+    locals_: dict[Variable, dict[str, Any]] = {}
+    for key, value in changed.items():
+        if not isinstance(key, tuple):
+            key.set(value)
+            continue
+        variable, attribute = key
+        attributes = locals_.get(variable)
+        if attributes is None:
+            attributes = dict(local_attributes(variable, variable.get(MISSING)) or {})
+            locals_[variable] = attributes
+        if value is MISSING:
+            attributes.pop(attribute, None)
+        else:
+            attributes[attribute] = value
+    for variable, attributes in locals_.items():
+        variable.set(local_storage(attributes))
+
+
+def changes(before: contextvars.Context, after: contextvars.Context) -> dict[Key, object]:
+    """Every key whose value in `after` is not the one in `before`."""
+    changed: dict[Key, object] = {}
+    for variable, value in after.items():
+        old = before.get(variable, MISSING)
+        if value is old or variable in ASGIREF_VARIABLES:
+            continue
+        attributes = local_attributes(variable, value)
+        if attributes is None:
+            changed[variable] = value
+            continue
+        old_attributes = local_attributes(variable, old) or {}
+        for attribute in (*attributes, *(a for a in old_attributes if a not in attributes)):
+            new_value = attributes.get(attribute, MISSING)
+            if new_value is not old_attributes.get(attribute, MISSING):
+                changed[(variable, attribute)] = new_value
+    return changed
+
+
+def read(context: contextvars.Context, key: Key) -> object:
+    """The value of `key` in `context`, `MISSING` when unset."""
+    if not isinstance(key, tuple):
+        return context.get(key, MISSING)
+    variable, attribute = key
+    attributes = local_attributes(variable, context.get(variable, MISSING))
+    return MISSING if attributes is None else attributes.get(attribute, MISSING)
+
+
+def _agree(left: object, right: object) -> bool:
+    if left is right:
+        return True
+    try:
+        equal = left == right
+    except Exception:
+        return False
+    return isinstance(equal, bool) and equal
+
+
+def _union(*mappings: Mapping[Key, object]) -> Iterable[Key]:
+    return dict.fromkeys(key for mapping in mappings for key in mapping)
+
+
+def _last_sync_writer(base: contextvars.Context, writers: Sequence[Writer], key: Key) -> str:
+    """The sync receiver whose write to `key` the others saw last."""
+    previous = [base, *(writer.context for writer in writers)]
+    for writer, before in zip(reversed(writers), reversed(previous[:-1])):
+        if read(writer.context, key) is not read(before, key):
+            return writer.name
+    raise AssertionError(f"no sync receiver changed {key!r}")
+
+
+def _conflict(key: Key, base: object, writers: list[tuple[str, object]]) -> Conflict:
+    if isinstance(key, tuple):
+        return Conflict(key[0], key[1], base, tuple(writers))
+    return Conflict(key, None, base, tuple(writers))

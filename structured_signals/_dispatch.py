@@ -1,0 +1,202 @@
+"""The dispatch runner: one dispatch of a signal to its live receivers.
+
+Sync receivers run first, one after another, each in a copy of the previous
+one's context; async receivers then run together in a TaskGroup, in one
+shared copy of that context or in one copy each. Nothing is written into the
+caller's context until every receiver has finished; then the receivers'
+changes are merged in (`_context.merge`). A dispatch that raises merges
+nothing (#36714 is the bug of the other direction: losing everything).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from collections.abc import Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+
+from asgiref.sync import async_to_sync, sync_to_async
+
+from structured_signals._compat import BaseExceptionGroup, TaskGroup, asgiref_carrier, rehomed
+from structured_signals._context import OnConflict, Writer, apply, merge
+
+if TYPE_CHECKING:
+    from django.dispatch import Signal
+
+__all__ = ("Dispatch", "Responses", "describe")
+
+Receiver = Callable[..., Any]
+Responses = list[tuple[Receiver, Any]]
+ContextMode = Literal["shared", "isolated"]
+_T = TypeVar("_T")
+
+logger = logging.getLogger("django.dispatch")
+
+
+def describe(receiver: Receiver) -> str:
+    """The receiver's qualified name, as conflicts and logs show it."""
+    qualname = getattr(receiver, "__qualname__", None) or type(receiver).__qualname__
+    module = getattr(receiver, "__module__", None)
+    return f"{module}.{qualname}" if module else qualname
+
+
+class Dispatch:
+    """The state of one dispatch, from the caller's snapshot to the merge."""
+
+    def __init__(
+        self,
+        signal: Signal,
+        sender: Any,
+        named: dict[str, Any],
+        *,
+        robust: bool,
+        context: ContextMode,
+        on_conflict: OnConflict,
+    ) -> None:
+        self.signal = signal
+        self.sender = sender
+        self.named = named
+        self.robust = robust
+        self.isolated = context == "isolated"
+        self.on_conflict = on_conflict
+        # Invariant: `base` is never entered, so it stays the caller's context
+        # as it was when the dispatch began; every receiver context is a copy.
+        self.base = contextvars.copy_context()
+        self.sync_writers: list[Writer] = []
+        self.async_base = self.base
+        self.async_writers: list[Writer] = []
+        self.responses: Responses = []
+
+    def run_sync(self, receivers: list[Receiver]) -> None:
+        """Run sync receivers here, in order, each seeing the previous one's writes."""
+        context = rehomed(self.base)
+        for receiver in receivers:
+            attempt = context.copy()
+            try:
+                response = attempt.run(receiver, signal=self.signal, sender=self.sender, **self.named)
+            except Exception as err:
+                if not self.robust:
+                    raise
+                self._log_failure(receiver, err)
+                self.responses.append((receiver, err))
+                # A failed receiver's writes are dropped in isolated mode; in
+                # shared mode they stay, as in Django 6.1.
+                if self.isolated:
+                    continue
+            else:
+                self.responses.append((receiver, response))
+            context = attempt
+            self.sync_writers.append(Writer(describe(receiver), attempt))
+
+    async def run_sync_in_thread(self, receivers: list[Receiver]) -> None:
+        """Run sync receivers in one sync_to_async(thread_sensitive=True) call."""
+        hop = sync_to_async(self.run_sync, thread_sensitive=True)
+        await _InContext(asgiref_carrier(), hop(receivers))
+
+    async def run_async(self, receivers: list[Receiver]) -> None:
+        """Run async receivers concurrently in a TaskGroup, on the current loop."""
+        sync_end = self.sync_writers[-1].context if self.sync_writers else self.base
+        self.async_base = start = rehomed(sync_end)
+        shared = start.copy()
+        contexts = [shared if not self.isolated else start.copy() for _ in receivers]
+        outcomes: list[Any] = [None] * len(receivers)
+        failed = [False] * len(receivers)
+        # Invariant: while `populating`, no receiver's task ends in an error.
+        # An eager task (3.12+ eager_task_factory) failing inside create_task
+        # makes the TaskGroup cancel the caller before `__aexit__` can absorb
+        # it (3.12 keeps the pending cancel after uncancel()) and refuse the
+        # remaining create_task calls; deferring the error by one loop step
+        # makes eager dispatch fail exactly as lazy dispatch does.
+        populating = True
+
+        async def call(index: int, receiver: Receiver) -> None:
+            try:
+                outcomes[index] = await receiver(signal=self.signal, sender=self.sender, **self.named)
+            except BaseException as err:
+                if self.robust and isinstance(err, Exception):
+                    self._log_failure(receiver, err)
+                    outcomes[index] = err
+                    failed[index] = True
+                    return
+                if populating:
+                    await asyncio.sleep(0)
+                raise
+
+        try:
+            async with TaskGroup() as group:
+                for index, (receiver, context) in enumerate(zip(receivers, contexts)):
+                    group.create_task(call(index, receiver), context=context)
+                populating = False
+        except BaseExceptionGroup as errors:
+            if len(errors.exceptions) == 1:
+                raise errors.exceptions[0]  # noqa: B904 -- as Django 6.1: the one error, itself
+            raise
+        self.responses.extend(zip(receivers, outcomes))
+        if self.isolated:
+            self.async_writers = [
+                Writer(describe(receiver), context)
+                for receiver, context, lost in zip(receivers, contexts, failed)
+                if not lost
+            ]
+        else:
+            names = ", ".join(map(describe, receivers))
+            self.async_writers = [Writer(f"{names} (shared context)", shared)]
+
+    def run_async_from_sync(self, receivers: list[Receiver]) -> None:
+        """Run async receivers from sync code, through async_to_sync."""
+        asgiref_carrier().run(async_to_sync(self.run_async), receivers)
+
+    def merge_into_caller(self) -> None:
+        """Write the receivers' changes into the caller's current context."""
+        apply(
+            merge(
+                base=self.base,
+                caller=contextvars.copy_context(),
+                sync_writers=self.sync_writers,
+                async_base=self.async_base,
+                async_writers=self.async_writers,
+                on_conflict=self.on_conflict,
+            )
+        )
+
+    def _log_failure(self, receiver: Receiver, err: Exception) -> None:
+        logger.error(
+            "Error calling %s in Signal.send_robust() (%s)",
+            describe(receiver),
+            err,
+            exc_info=err,
+        )
+
+
+class _InContext(Generic[_T]):
+    """Await `coroutine` with every step of it run inside `context`.
+
+    A task would do the same, but costs a task and, below Python 3.11, cannot
+    be given a context.
+    """
+
+    def __init__(self, context: contextvars.Context, coroutine: Coroutine[Any, Any, _T]) -> None:
+        self._context = context
+        self._coroutine = coroutine
+
+    def __await__(self) -> Generator[Any, Any, _T]:
+        run, coroutine = self._context.run, self._coroutine
+        message: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                if error is None:
+                    yielded = run(coroutine.send, message)
+                else:
+                    yielded = run(coroutine.throw, error)
+            except StopIteration as stop:
+                result: _T = stop.value
+                return result
+            try:
+                message, error = (yield yielded), None
+            except GeneratorExit:
+                run(coroutine.close)
+                raise
+            except BaseException as thrown:  # noqa: BLE001 -- handed on to the coroutine
+                message, error = None, thrown

@@ -1,0 +1,115 @@
+"""StructuredSignal: django.dispatch.Signal whose receivers keep the caller's context."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, get_args
+
+from django.dispatch import Signal
+from django.dispatch.dispatcher import NO_RECEIVERS
+
+from structured_signals._compat import live_receivers
+from structured_signals._context import OnConflict
+from structured_signals._dispatch import ContextMode, Dispatch, Responses
+
+__all__ = ("StructuredSignal",)
+
+_CONTEXT_MODES: tuple[str, ...] = get_args(ContextMode)
+_CONFLICT_POLICIES = ("raise", "first", "last")
+
+
+class StructuredSignal(Signal):
+    """A `django.dispatch.Signal` whose receivers' context writes reach the caller.
+
+    Sync receivers run first, in connection order; async receivers then run
+    concurrently in an `asyncio.TaskGroup`. What the receivers change in
+    ContextVars and `asgiref.local.Local` is merged back into the caller when
+    the dispatch succeeds (#36714, #36315), and nothing is when it raises.
+
+    context="shared" runs all async receivers in one copy of the caller's
+    context, so they see each other's writes as they happen; "isolated" gives
+    each its own copy of the same snapshot, and two receivers writing one
+    variable is a conflict, settled by `on_conflict`: "raise" (raise
+    ContextConflictError), "first" or "last" (the first or last writer in
+    connection order, the caller counting first), or a callable that receives
+    the Conflict and returns the value to keep.
+    """
+
+    def __init__(
+        self,
+        use_caching: bool = False,
+        *,
+        context: Literal["shared", "isolated"] = "shared",
+        on_conflict: OnConflict = "raise",
+    ) -> None:
+        if context not in _CONTEXT_MODES:
+            raise ValueError(
+                f"StructuredSignal(context={context!r}) is not a context mode: "
+                f"use one of {', '.join(map(repr, _CONTEXT_MODES))}."
+            )
+        if not callable(on_conflict) and on_conflict not in _CONFLICT_POLICIES:
+            raise ValueError(
+                f"StructuredSignal(on_conflict={on_conflict!r}) is not a conflict policy: "
+                f"use one of {', '.join(map(repr, _CONFLICT_POLICIES))}, or a callable "
+                "that takes the Conflict and returns the value to keep."
+            )
+        super().__init__(use_caching=use_caching)
+        self.context = context
+        self.on_conflict = on_conflict
+
+    def send(self, sender: Any, **named: Any) -> Responses:
+        """Send the signal from sync code; async receivers run via async_to_sync.
+
+        Returns [(receiver, response), ...]: sync receivers first, then async
+        ones, each in connection order. The first error propagates.
+        """
+        return self._send(sender, named, robust=False)
+
+    def send_robust(self, sender: Any, **named: Any) -> Responses:
+        """Like `send`, but a receiver's Exception becomes its response."""
+        return self._send(sender, named, robust=True)
+
+    async def asend(self, sender: Any, **named: Any) -> Responses:
+        """Send the signal from async code; sync receivers run via sync_to_async.
+
+        Returns [(receiver, response), ...]: sync receivers first, then async
+        ones, each in connection order. One error is raised as itself, several
+        as a BaseExceptionGroup.
+        """
+        return await self._asend(sender, named, robust=False)
+
+    async def asend_robust(self, sender: Any, **named: Any) -> Responses:
+        """Like `asend`, but a receiver's Exception becomes its response."""
+        return await self._asend(sender, named, robust=True)
+
+    def _send(self, sender: Any, named: dict[str, Any], *, robust: bool) -> Responses:
+        if not self.receivers or self.sender_receivers_cache.get(sender) is NO_RECEIVERS:
+            return []
+        sync_receivers, async_receivers = live_receivers(self, sender)
+        dispatch = self._dispatch(sender, named, robust)
+        dispatch.run_sync(sync_receivers)
+        if async_receivers:
+            dispatch.run_async_from_sync(async_receivers)
+        dispatch.merge_into_caller()
+        return dispatch.responses
+
+    async def _asend(self, sender: Any, named: dict[str, Any], *, robust: bool) -> Responses:
+        if not self.receivers or self.sender_receivers_cache.get(sender) is NO_RECEIVERS:
+            return []
+        sync_receivers, async_receivers = live_receivers(self, sender)
+        dispatch = self._dispatch(sender, named, robust)
+        if sync_receivers:
+            await dispatch.run_sync_in_thread(sync_receivers)
+        if async_receivers:
+            await dispatch.run_async(async_receivers)
+        dispatch.merge_into_caller()
+        return dispatch.responses
+
+    def _dispatch(self, sender: Any, named: dict[str, Any], robust: bool) -> Dispatch:
+        return Dispatch(
+            self,
+            sender,
+            named,
+            robust=robust,
+            context=self.context,
+            on_conflict=self.on_conflict,
+        )

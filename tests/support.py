@@ -1,0 +1,113 @@
+"""Helpers shared by the test modules (not a test module itself)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import uvloop
+
+T = TypeVar("T")
+
+Runner = Callable[[Coroutine[Any, Any, Any]], Any]
+
+
+def _eager_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
+    return loop
+
+
+# Dispatch must behave the same on each loop a Django deployment runs on
+# (SPEC 6): asyncio's default, uvloop (uvicorn's pick) and, on 3.12+, eager tasks.
+LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+if sys.version_info >= (3, 12):
+    LOOP_FACTORIES["eager"] = _eager_loop
+
+
+def runner(new_loop: Callable[[], asyncio.AbstractEventLoop]) -> Runner:
+    def run(coroutine: Coroutine[Any, Any, T]) -> T:
+        loop = new_loop()
+        try:
+            return loop.run_until_complete(coroutine)
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    return run
+
+
+def in_plain_thread(function: Callable[[], T]) -> T:
+    """Call `function` in a new thread with no event loop and an empty context."""
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            results.append(function())
+        except BaseException as error:  # noqa: BLE001 -- re-raised in the caller
+            errors.append(error)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return results[0]
+
+
+def snapshot() -> dict[contextvars.ContextVar[Any], Any]:
+    return dict(contextvars.copy_context())
+
+
+def assert_context_is(before: dict[contextvars.ContextVar[Any], Any]) -> None:
+    """The current context holds exactly the objects of `before`."""
+    now = snapshot()
+    assert now.keys() == before.keys()
+    changed = [variable.name for variable, value in now.items() if value is not before[variable]]
+    assert not changed, f"changed: {changed}"
+
+
+class Bomb:
+    """A value like a numpy array: comparing or truth-testing it raises."""
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("The truth value of an array is ambiguous")
+
+    def __ne__(self, other: object) -> bool:
+        raise ValueError("The truth value of an array is ambiguous")
+
+    def __bool__(self) -> bool:
+        raise ValueError("The truth value of an array is ambiguous")
+
+    __hash__ = object.__hash__
+
+
+class Flag:
+    """An asyncio.Event created on first use, inside the loop that runs the receivers.
+
+    Below Python 3.10 an Event binds to the loop current when it is created,
+    and `send` runs async receivers on a loop of asgiref's.
+    """
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+
+    @property
+    def _current(self) -> asyncio.Event:
+        if self._event is None:
+            self._event = asyncio.Event()
+        return self._event
+
+    def set(self) -> None:
+        self._current.set()
+
+    async def wait(self) -> None:
+        await self._current.wait()

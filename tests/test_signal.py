@@ -1,0 +1,869 @@
+"""StructuredSignal: SPEC sections 2-4, through all four entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import gc
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from asgiref.local import Local
+from django import dispatch
+from django.dispatch import receiver
+from support import Bomb, Flag, Runner, assert_context_is, in_plain_thread, snapshot
+
+from structured_signals import MISSING, Conflict, ContextConflictError, StructuredSignal
+
+METHODS = ("send", "send_robust", "asend", "asend_robust")
+MODES = ("shared", "isolated")
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+user: contextvars.ContextVar[str] = contextvars.ContextVar("user")
+counter: contextvars.ContextVar[int] = contextvars.ContextVar("counter", default=0)
+connection: contextvars.ContextVar[object] = contextvars.ContextVar("connection")
+request_state = Local()
+
+
+class ReceiverError(Exception):
+    pass
+
+
+def dispatch_and_read(
+    run: Runner,
+    signal: StructuredSignal,
+    method: str,
+    read: Callable[[], Any],
+    prepare: Callable[[], None] = lambda: None,
+) -> tuple[list[tuple[Any, Any]], Any]:
+    """Dispatch through `method` from a caller of the matching kind; `read` there after.
+
+    Sync methods are called from a plain thread with no event loop, async ones
+    from a task. `prepare` runs in the caller's context first.
+    """
+    if method.startswith("a"):
+
+        async def caller() -> tuple[list[tuple[Any, Any]], Any]:
+            prepare()
+            responses = await getattr(signal, method)(sender=None)
+            return responses, read()
+
+        result: tuple[list[tuple[Any, Any]], Any] = run(caller())
+        return result
+
+    def sync_caller() -> tuple[list[tuple[Any, Any]], Any]:
+        prepare()
+        responses = getattr(signal, method)(sender=None)
+        return responses, read()
+
+    return in_plain_thread(sync_caller)
+
+
+def test_structured_signal_is_a_django_signal() -> None:
+    assert isinstance(StructuredSignal(), dispatch.Signal)
+
+
+def test_unknown_context_mode_raises_value_error_naming_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="'shared', 'isolated'"):
+        StructuredSignal(context="private")  # type: ignore[arg-type]
+
+
+def test_unknown_conflict_policy_raises_value_error_naming_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match="'raise', 'first', 'last', or a callable"):
+        StructuredSignal(on_conflict="newest")  # type: ignore[arg-type]
+
+
+def test_use_caching_is_positional_as_in_django() -> None:
+    assert StructuredSignal(True).use_caching is True
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", METHODS)
+def test_ticket_example_request_id_set_by_async_receiver_reaches_the_caller(
+    run: Runner, method: str, mode: str
+) -> None:
+    signal = StructuredSignal(context=mode)  # type: ignore[arg-type]
+
+    async def set_request_id(**kwargs: Any) -> None:
+        request_id.set("req-1")
+
+    signal.connect(set_request_id)
+    _, seen = dispatch_and_read(run, signal, method, lambda: request_id.get("<unset>"))
+    assert seen == "req-1"
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", METHODS)
+def test_sync_and_async_receiver_writes_reach_the_caller(
+    run: Runner, method: str, mode: str
+) -> None:
+    signal = StructuredSignal(context=mode)  # type: ignore[arg-type]
+
+    def open_connection(**kwargs: Any) -> None:
+        connection.set("db")
+        request_state.user_id = 7
+
+    async def identify(**kwargs: Any) -> None:
+        await asyncio.sleep(0)
+        user.set("alice")
+        request_state.tenant = "acme"
+
+    signal.connect(open_connection)
+    signal.connect(identify)
+
+    def read() -> tuple[object, ...]:
+        return (
+            connection.get(None),
+            user.get(None),
+            getattr(request_state, "user_id", None),
+            getattr(request_state, "tenant", None),
+        )
+
+    _, seen = dispatch_and_read(run, signal, method, read)
+    assert seen == ("db", "alice", 7, "acme")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_sync_receivers_run_in_connection_order_each_seeing_the_previous_writes(
+    run: Runner, method: str
+) -> None:
+    signal = StructuredSignal()
+    seen: list[int] = []
+
+    def increment(**kwargs: Any) -> int:
+        seen.append(counter.get())
+        counter.set(counter.get() + 1)
+        return counter.get()
+
+    def increment_again(**kwargs: Any) -> int:
+        return increment(**kwargs)
+
+    signal.connect(increment)
+    signal.connect(increment_again)
+    responses, final = dispatch_and_read(run, signal, method, counter.get)
+    assert seen == [0, 1]
+    assert responses == [(increment, 1), (increment_again, 2)]
+    assert final == 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", METHODS)
+def test_responses_list_sync_receivers_first_then_async_each_in_connection_order(
+    run: Runner, method: str, mode: str
+) -> None:
+    signal = StructuredSignal(context=mode)  # type: ignore[arg-type]
+
+    async def first_async(**kwargs: Any) -> str:
+        await asyncio.sleep(0.01)
+        return "first_async"
+
+    def first_sync(**kwargs: Any) -> str:
+        return "first_sync"
+
+    async def second_async(**kwargs: Any) -> str:
+        return "second_async"
+
+    def second_sync(**kwargs: Any) -> str:
+        return "second_sync"
+
+    for connected in (first_async, first_sync, second_async, second_sync):
+        signal.connect(connected)
+    responses, _ = dispatch_and_read(run, signal, method, lambda: None)
+    assert responses == [
+        (first_sync, "first_sync"),
+        (second_sync, "second_sync"),
+        (first_async, "first_async"),
+        (second_async, "second_async"),
+    ]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_shared_async_receivers_see_each_others_writes_as_they_happen(
+    run: Runner, method: str
+) -> None:
+    signal = StructuredSignal(context="shared")
+    seen_by_reader: list[str] = []
+    written = Flag()
+
+    async def writer(**kwargs: Any) -> None:
+        user.set("written by writer")
+        written.set()
+
+    async def reader(**kwargs: Any) -> None:
+        await written.wait()
+        seen_by_reader.append(user.get("<unset>"))
+
+    signal.connect(reader)
+    signal.connect(writer)
+    dispatch_and_read(run, signal, method, lambda: None)
+    assert seen_by_reader == ["written by writer"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_isolated_async_receivers_do_not_see_each_others_writes(run: Runner, method: str) -> None:
+    signal = StructuredSignal(context="isolated")
+    seen_by_reader: list[str] = []
+
+    async def writer(**kwargs: Any) -> None:
+        user.set("written by writer")
+
+    async def reader(**kwargs: Any) -> None:
+        for _ in range(5):
+            await asyncio.sleep(0)
+        seen_by_reader.append(user.get("<unset>"))
+        request_id.set("written by reader")
+
+    signal.connect(writer)
+    signal.connect(reader)
+    _, seen = dispatch_and_read(run, signal, method, lambda: (user.get(), request_id.get()))
+    assert seen_by_reader == ["<unset>"]
+    assert seen == ("written by writer", "written by reader")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", METHODS)
+def test_variables_nobody_changed_are_not_touched(run: Runner, method: str, mode: str) -> None:
+    signal = StructuredSignal(context=mode)  # type: ignore[arg-type]
+    mine = object()
+
+    def sync_receiver(**kwargs: Any) -> None:
+        request_id.set("sync")
+
+    async def async_receiver(**kwargs: Any) -> None:
+        user.set("async")
+
+    signal.connect(sync_receiver)
+    signal.connect(async_receiver)
+    _, seen = dispatch_and_read(
+        run, signal, method, lambda: connection.get(), prepare=lambda: connection.set(mine)
+    )
+    assert seen is mine
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", METHODS)
+def test_a_value_whose_comparisons_raise_does_not_break_dispatch(
+    run: Runner, method: str, mode: str
+) -> None:
+    signal = StructuredSignal(context=mode)  # type: ignore[arg-type]
+    array_like = Bomb()
+
+    def sync_receiver(**kwargs: Any) -> None:
+        request_id.set("sync")
+
+    async def async_receiver(**kwargs: Any) -> None:
+        user.set("async")
+        connection.set(Bomb())
+
+    signal.connect(sync_receiver)
+    signal.connect(async_receiver)
+    prepared = contextvars.ContextVar[object]("array")
+    _, seen = dispatch_and_read(
+        run,
+        signal,
+        method,
+        lambda: (prepared.get(), request_id.get(), user.get(), type(connection.get())),
+        prepare=lambda: prepared.set(array_like),
+    )
+    assert seen == (array_like, "sync", "async", Bomb)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", ["send", "asend"])
+@pytest.mark.parametrize("failing", ["sync", "async"])
+def test_a_dispatch_that_raises_merges_nothing(
+    run: Runner, method: str, mode: str, failing: str
+) -> None:
+    signal = StructuredSignal(context=mode)  # type: ignore[arg-type]
+
+    def sync_receiver(**kwargs: Any) -> None:
+        request_id.set("sync")
+        request_state.user_id = 1
+        if failing == "sync":
+            raise ReceiverError
+
+    async def async_receiver(**kwargs: Any) -> None:
+        user.set("async")
+        request_state.tenant = "acme"
+        if failing == "async":
+            raise ReceiverError
+
+    signal.connect(sync_receiver)
+    signal.connect(async_receiver)
+
+    def prepare() -> dict[contextvars.ContextVar[Any], Any]:
+        request_id.set("before")
+        request_state.user_id = 0
+        return snapshot()
+
+    async def async_caller() -> None:
+        before = prepare()
+        with pytest.raises(ReceiverError):
+            await signal.asend(sender=None)
+        assert_context_is(before)
+
+    def sync_caller() -> None:
+        before = prepare()
+        with pytest.raises(ReceiverError):
+            signal.send(sender=None)
+        assert_context_is(before)
+
+    if method == "asend":
+        run(async_caller())
+    else:
+        in_plain_thread(sync_caller)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_receiver_exception_cancels_its_siblings(run: Runner, mode: str) -> None:
+    signal = StructuredSignal(context=mode)  # type: ignore[arg-type]
+    cancelled: list[str] = []
+
+    async def slow(**kwargs: Any) -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append("slow")
+            raise
+
+    async def failing(**kwargs: Any) -> None:
+        await asyncio.sleep(0)
+        raise ReceiverError
+
+    signal.connect(slow)
+    signal.connect(failing)
+
+    async def caller() -> None:
+        with pytest.raises(ReceiverError):
+            await signal.asend(sender=None)
+
+    run(caller())
+    assert cancelled == ["slow"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_one_receiver_exception_is_raised_as_itself(run: Runner, mode: str) -> None:
+    signal = StructuredSignal(context=mode)  # type: ignore[arg-type]
+    error = ReceiverError("boom")
+
+    async def failing(**kwargs: Any) -> None:
+        raise error
+
+    signal.connect(failing)
+
+    async def caller() -> None:
+        with pytest.raises(ReceiverError) as raised:
+            await signal.asend(sender=None)
+        assert raised.value is error
+
+    run(caller())
+    with pytest.raises(ReceiverError) as raised:
+        in_plain_thread(lambda: signal.send(sender=None))
+    assert raised.value is error
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_several_receiver_exceptions_are_raised_as_an_exception_group(
+    run: Runner, mode: str
+) -> None:
+    signal = StructuredSignal(context=mode)  # type: ignore[arg-type]
+    first, second = ReceiverError("first"), ReceiverError("second")
+
+    async def fail_first(**kwargs: Any) -> None:
+        raise first
+
+    async def fail_second(**kwargs: Any) -> None:
+        raise second
+
+    signal.connect(fail_first)
+    signal.connect(fail_second)
+
+    async def caller() -> None:
+        await signal.asend(sender=None)
+
+    with pytest.raises(BaseException) as raised:
+        run(caller())
+    assert type(raised.value).__name__ in {"ExceptionGroup", "BaseExceptionGroup"}
+    assert set(raised.value.exceptions) == {first, second}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", ["send_robust", "asend_robust"])
+def test_robust_dispatch_returns_each_exception_as_its_response_without_cancelling_siblings(
+    run: Runner, method: str, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    signal = StructuredSignal(context=mode)  # type: ignore[arg-type]
+    sync_error, async_error = ReceiverError("sync"), ReceiverError("async")
+
+    def failing_sync(**kwargs: Any) -> None:
+        raise sync_error
+
+    async def failing_async(**kwargs: Any) -> None:
+        raise async_error
+
+    async def slow(**kwargs: Any) -> str:
+        await asyncio.sleep(0.01)
+        user.set("slow finished")
+        return "done"
+
+    for connected in (failing_sync, failing_async, slow):
+        signal.connect(connected)
+    with caplog.at_level(logging.ERROR, logger="django.dispatch"):
+        responses, seen = dispatch_and_read(run, signal, method, user.get)
+    assert responses == [(failing_sync, sync_error), (failing_async, async_error), (slow, "done")]
+    assert seen == "slow finished"
+    assert "failing_async" in caplog.text
+    assert "failing_sync" in caplog.text
+
+
+@pytest.mark.parametrize("method", ["send_robust", "asend_robust"])
+def test_isolated_robust_dispatch_discards_the_writes_of_a_receiver_that_failed(
+    run: Runner, method: str
+) -> None:
+    signal = StructuredSignal(context="isolated")
+
+    def failing_sync(**kwargs: Any) -> None:
+        connection.set("from failing sync")
+        raise ReceiverError
+
+    def working_sync(**kwargs: Any) -> None:
+        request_id.set("from working sync")
+
+    async def failing_async(**kwargs: Any) -> None:
+        user.set("from failing async")
+        request_state.tenant = "from failing async"
+        raise ReceiverError
+
+    async def working_async(**kwargs: Any) -> None:
+        request_state.user_id = 3
+
+    for connected in (failing_sync, working_sync, failing_async, working_async):
+        signal.connect(connected)
+
+    def read() -> tuple[object, ...]:
+        return (
+            connection.get(None),
+            request_id.get(None),
+            user.get(None),
+            getattr(request_state, "tenant", None),
+            getattr(request_state, "user_id", None),
+        )
+
+    _, seen = dispatch_and_read(run, signal, method, read)
+    assert seen == (None, "from working sync", None, None, 3)
+
+
+@pytest.mark.parametrize("method", ["send_robust", "asend_robust"])
+def test_shared_robust_dispatch_keeps_the_writes_of_a_receiver_that_failed_as_django(
+    run: Runner, method: str
+) -> None:
+    signal = StructuredSignal(context="shared")
+
+    def failing_sync(**kwargs: Any) -> None:
+        connection.set("from failing sync")
+        raise ReceiverError
+
+    async def failing_async(**kwargs: Any) -> None:
+        user.set("from failing async")
+        raise ReceiverError
+
+    signal.connect(failing_sync)
+    signal.connect(failing_async)
+    _, seen = dispatch_and_read(run, signal, method, lambda: (connection.get(), user.get()))
+    assert seen == ("from failing sync", "from failing async")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_cancelling_the_caller_cancels_every_receiver_merges_nothing_and_leaves_no_task(
+    run: Runner, mode: str
+) -> None:
+    signal = StructuredSignal(context=mode)  # type: ignore[arg-type]
+    cancelled: list[str] = []
+    started = 0
+
+    async def waiting(**kwargs: Any) -> None:
+        nonlocal started
+        user.set("written before waiting")
+        started += 1
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append("waiting")
+            raise
+
+    async def waiting_too(**kwargs: Any) -> None:
+        await waiting()
+
+    signal.connect(waiting)
+    signal.connect(waiting_too)
+
+    async def caller() -> None:
+        before = snapshot()
+        try:
+            await signal.asend(sender=None)
+        except asyncio.CancelledError:
+            assert_context_is(before)
+            raise
+
+    async def main() -> set[asyncio.Task[Any]]:
+        task = asyncio.ensure_future(caller())
+        while started < 2:
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+
+    left = run(main())
+    assert cancelled == ["waiting", "waiting"]
+    assert left == set()
+
+
+def test_a_dispatch_leaves_no_task_behind(run: Runner) -> None:
+    signal = StructuredSignal()
+
+    async def receiver_(**kwargs: Any) -> None:
+        await asyncio.sleep(0)
+
+    signal.connect(receiver_)
+
+    async def main() -> set[asyncio.Task[Any]]:
+        await signal.asend(sender=None)
+        return asyncio.all_tasks() - {asyncio.current_task()}  # type: ignore[operator]
+
+    assert run(main()) == set()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_isolated_receivers_writing_different_values_raise_a_conflict_and_merge_nothing(
+    run: Runner, method: str
+) -> None:
+    signal = StructuredSignal(context="isolated")
+
+    async def as_alice(**kwargs: Any) -> None:
+        user.set("alice")
+        request_id.set("unrelated write")
+
+    async def as_bob(**kwargs: Any) -> None:
+        user.set("bob")
+
+    signal.connect(as_alice)
+    signal.connect(as_bob)
+    with pytest.raises(ContextConflictError) as raised:
+        dispatch_and_read(run, signal, method, lambda: None)
+    (conflict,) = raised.value.conflicts
+    assert conflict.variable is user
+    assert conflict.base is MISSING
+    assert [(name.rsplit(".", 1)[-1], value) for name, value in conflict.writers] == [
+        ("as_alice", "alice"),
+        ("as_bob", "bob"),
+    ]
+    message = str(raised.value)
+    assert "user" in message
+    assert "as_alice" in message
+    assert "as_bob" in message
+    assert "on_conflict=" in message
+
+    async def async_caller() -> None:
+        before = snapshot()
+        with pytest.raises(ContextConflictError):
+            await signal.asend(sender=None)
+        assert_context_is(before)
+
+    run(async_caller())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_isolated_receivers_writing_equal_values_do_not_conflict(run: Runner, method: str) -> None:
+    signal = StructuredSignal(context="isolated")
+
+    async def one(**kwargs: Any) -> None:
+        user.set("".join(["al", "ice"]))
+
+    async def other(**kwargs: Any) -> None:
+        user.set("alice")
+
+    signal.connect(one)
+    signal.connect(other)
+    _, seen = dispatch_and_read(run, signal, method, user.get)
+    assert seen == "alice"
+
+
+def test_values_whose_equality_raises_are_different_and_conflict(run: Runner) -> None:
+    signal = StructuredSignal(context="isolated")
+
+    async def one(**kwargs: Any) -> None:
+        connection.set(Bomb())
+
+    async def other(**kwargs: Any) -> None:
+        connection.set(Bomb())
+
+    signal.connect(one)
+    signal.connect(other)
+
+    async def caller() -> None:
+        await signal.asend(sender=None)
+
+    with pytest.raises(ContextConflictError):
+        run(caller())
+
+
+@pytest.mark.parametrize(("policy", "expected"), [("first", "slow first"), ("last", "fast last")])
+def test_first_and_last_keep_the_writer_by_connection_order_not_finishing_order(
+    run: Runner, policy: str, expected: str
+) -> None:
+    signal = StructuredSignal(context="isolated", on_conflict=policy)  # type: ignore[arg-type]
+
+    async def slow_first(**kwargs: Any) -> None:
+        await asyncio.sleep(0.02)
+        user.set("slow first")
+
+    async def fast_last(**kwargs: Any) -> None:
+        user.set("fast last")
+
+    signal.connect(slow_first)
+    signal.connect(fast_last)
+
+    async def caller() -> str:
+        await signal.asend(sender=None)
+        return user.get()
+
+    assert run(caller()) == expected
+
+
+def test_a_callable_conflict_policy_decides_the_value(run: Runner) -> None:
+    received: list[Conflict] = []
+
+    def join(conflict: Conflict) -> object:
+        received.append(conflict)
+        return "+".join(str(value) for _, value in conflict.writers)
+
+    signal = StructuredSignal(context="isolated", on_conflict=join)
+
+    async def one(**kwargs: Any) -> None:
+        user.set("a")
+
+    async def other(**kwargs: Any) -> None:
+        user.set("b")
+
+    signal.connect(one)
+    signal.connect(other)
+
+    async def caller() -> str:
+        user.set("base")
+        await signal.asend(sender=None)
+        return user.get()
+
+    assert run(caller()) == "a+b"
+    assert [conflict.base for conflict in received] == ["base"]
+
+
+def test_receivers_setting_different_attributes_of_one_local_both_survive(run: Runner) -> None:
+    signal = StructuredSignal(context="isolated")
+
+    async def set_user(**kwargs: Any) -> None:
+        request_state.user_id = 1
+
+    async def set_tenant(**kwargs: Any) -> None:
+        request_state.tenant = "acme"
+
+    signal.connect(set_user)
+    signal.connect(set_tenant)
+
+    async def caller() -> tuple[object, object, object]:
+        request_state.locale = "fr"
+        await signal.asend(sender=None)
+        return request_state.user_id, request_state.tenant, request_state.locale
+
+    assert run(caller()) == (1, "acme", "fr")
+
+
+def test_receivers_setting_one_local_attribute_to_different_values_conflict(run: Runner) -> None:
+    signal = StructuredSignal(context="isolated")
+
+    async def one(**kwargs: Any) -> None:
+        request_state.user_id = 1
+
+    async def other(**kwargs: Any) -> None:
+        request_state.user_id = 2
+
+    signal.connect(one)
+    signal.connect(other)
+
+    async def caller() -> None:
+        await signal.asend(sender=None)
+
+    with pytest.raises(ContextConflictError) as raised:
+        run(caller())
+    (conflict,) = raised.value.conflicts
+    assert conflict.attribute == "user_id"
+    assert "Local attribute 'user_id'" in str(raised.value)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_local_attribute_deleted_by_a_receiver_is_deleted_in_the_caller(
+    run: Runner, method: str
+) -> None:
+    signal = StructuredSignal()
+
+    async def log_out(**kwargs: Any) -> None:
+        del request_state.user_id
+
+    signal.connect(log_out)
+
+    def prepare() -> None:
+        request_state.user_id = 5
+        request_state.tenant = "acme"
+
+    _, seen = dispatch_and_read(
+        run,
+        signal,
+        method,
+        lambda: (hasattr(request_state, "user_id"), request_state.tenant),
+        prepare=prepare,
+    )
+    assert seen == (False, "acme")
+
+
+def test_a_local_set_by_a_sync_receiver_is_seen_by_async_receivers(run: Runner) -> None:
+    signal = StructuredSignal()
+    seen: list[object] = []
+
+    def set_user(**kwargs: Any) -> None:
+        request_state.user_id = 9
+
+    async def read_user(**kwargs: Any) -> None:
+        seen.append(getattr(request_state, "user_id", None))
+
+    signal.connect(set_user)
+    signal.connect(read_user)
+
+    async def caller() -> None:
+        await signal.asend(sender=None)
+
+    run(caller())
+    assert seen == [9]
+
+
+def test_nested_dispatch_keeps_a_siblings_unrelated_write_made_meanwhile(run: Runner) -> None:
+    outer = StructuredSignal()
+    inner = StructuredSignal()
+    sibling_wrote = Flag()
+
+    async def inner_receiver(**kwargs: Any) -> None:
+        await sibling_wrote.wait()
+        request_id.set("from inner receiver")
+
+    async def nesting(**kwargs: Any) -> None:
+        await inner.asend(sender=None)
+
+    async def sibling(**kwargs: Any) -> None:
+        user.set("from sibling")
+        sibling_wrote.set()
+
+    inner.connect(inner_receiver)
+    outer.connect(nesting)
+    outer.connect(sibling)
+
+    async def caller() -> tuple[str, str]:
+        await outer.asend(sender=None)
+        return user.get(), request_id.get()
+
+    assert run(caller()) == ("from sibling", "from inner receiver")
+
+
+def test_nested_dispatch_conflicts_with_a_siblings_concurrent_write_of_the_same_variable(
+    run: Runner,
+) -> None:
+    outer = StructuredSignal()
+    inner = StructuredSignal()
+    sibling_wrote = Flag()
+
+    async def inner_receiver(**kwargs: Any) -> None:
+        await sibling_wrote.wait()
+        user.set("from inner receiver")
+
+    async def nesting(**kwargs: Any) -> None:
+        await inner.asend(sender=None)
+
+    async def sibling(**kwargs: Any) -> None:
+        user.set("from sibling")
+        sibling_wrote.set()
+
+    inner.connect(inner_receiver)
+    outer.connect(nesting)
+    outer.connect(sibling)
+
+    async def caller() -> None:
+        await outer.asend(sender=None)
+
+    with pytest.raises(ContextConflictError) as raised:
+        run(caller())
+    (conflict,) = raised.value.conflicts
+    assert [name for name, _ in conflict.writers][0] == "caller"
+    assert [value for _, value in conflict.writers] == ["from sibling", "from inner receiver"]
+
+
+def test_caller_side_counts_as_first_writer_for_on_conflict_first(run: Runner) -> None:
+    outer = StructuredSignal()
+    inner = StructuredSignal(on_conflict="first")
+    sibling_wrote = Flag()
+
+    async def inner_receiver(**kwargs: Any) -> None:
+        await sibling_wrote.wait()
+        user.set("from inner receiver")
+
+    async def nesting(**kwargs: Any) -> None:
+        await inner.asend(sender=None)
+
+    async def sibling(**kwargs: Any) -> None:
+        user.set("from sibling")
+        sibling_wrote.set()
+
+    inner.connect(inner_receiver)
+    outer.connect(nesting)
+    outer.connect(sibling)
+
+    async def caller() -> str:
+        await outer.asend(sender=None)
+        return user.get()
+
+    assert run(caller()) == "from sibling"
+
+
+def test_django_signal_api_connect_disconnect_has_listeners_and_receiver_decorator() -> None:
+    signal = StructuredSignal()
+
+    class Sender:
+        pass
+
+    @receiver(signal, sender=Sender, dispatch_uid="uid")
+    def on_sender(**kwargs: Any) -> str:
+        return "called"
+
+    signal.connect(on_sender, sender=Sender, dispatch_uid="uid")
+    assert signal.has_listeners(Sender)
+    assert not signal.has_listeners(object)
+    assert signal.send(sender=Sender) == [(on_sender, "called")]
+    assert signal.send(sender=object) == []
+    assert signal.disconnect(sender=Sender, dispatch_uid="uid")
+    assert not signal.has_listeners(Sender)
+
+
+def test_weakly_connected_receivers_go_away_with_their_object() -> None:
+    signal = StructuredSignal(use_caching=True)
+
+    class Sender:
+        pass
+
+    async def temporary(**kwargs: Any) -> None:
+        pass
+
+    signal.connect(temporary)
+    assert signal.has_listeners(Sender)
+    del temporary
+    gc.collect()
+    assert not signal.has_listeners(Sender)
+    assert signal.send(sender=Sender) == []
