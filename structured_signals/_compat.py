@@ -65,10 +65,12 @@ _Storage: Any = getattr(asgiref_local, "_Storage", None)
 _LOCAL_VARIABLE_NAME = "asgiref.local"
 
 
-def local_attributes(variable: contextvars.ContextVar[Any], value: object) -> Mapping[str, Any] | None:
+def local_attributes(
+    variable: contextvars.ContextVar[Any], value: object
+) -> Mapping[str, Any] | None:
     """The attributes held by `value` if it is a Local's storage, else None."""
     if _Storage is not None:
-        return value.data if isinstance(value, _Storage) else None  # type: ignore[no-any-return]
+        return value.data if isinstance(value, _Storage) else None
     if variable.name == _LOCAL_VARIABLE_NAME and isinstance(value, dict):
         return value
     return None

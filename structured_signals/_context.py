@@ -127,14 +127,18 @@ def merge(
             writers.append(("caller", caller_value))
         receivers = [(name, changed[key]) for name, changed in async_changes if key in changed]
         writers.extend(receivers or [(_SYNC_WRITER, sync_changes[key])])
-        if all(_agree(writers[0][1], value) for _, value in writers[1:]):
-            chosen = writers[0]
-        elif on_conflict == "first":
+        if all(_agree(writers[0][1], value) for _, value in writers[1:]) or on_conflict == "first":
             chosen = writers[0]
         elif on_conflict == "last":
             chosen = writers[-1]
         else:
-            named = [(_last_sync_writer(base, sync_writers, key) if name is _SYNC_WRITER else name, value) for name, value in writers]
+            named = [
+                (
+                    _last_sync_writer(base, sync_writers, key) if name is _SYNC_WRITER else name,
+                    value,
+                )
+                for name, value in writers
+            ]
             conflict = _conflict(key, base_value, named)
             if on_conflict == "raise":
                 conflicts.append(conflict)
@@ -200,7 +204,7 @@ def _agree(left: object, right: object) -> bool:
         return True
     try:
         equal = left == right
-    except Exception:
+    except Exception:  # noqa: BLE001 -- a user's failing __eq__ means "different"
         return False
     return isinstance(equal, bool) and equal
 

@@ -35,10 +35,14 @@ logger = logging.getLogger("django.dispatch")
 
 
 def describe(receiver: Receiver) -> str:
-    """The receiver's qualified name, as conflicts and logs show it."""
-    qualname = getattr(receiver, "__qualname__", None) or type(receiver).__qualname__
+    """The receiver's module and qualified name, as conflicts show it."""
     module = getattr(receiver, "__module__", None)
-    return f"{module}.{qualname}" if module else qualname
+    return f"{module}.{_qualname(receiver)}" if module else _qualname(receiver)
+
+
+def _qualname(receiver: Receiver) -> str:
+    # A callable instance has no __qualname__ of its own.
+    return getattr(receiver, "__qualname__", None) or type(receiver).__qualname__
 
 
 class Dispatch:
@@ -74,7 +78,9 @@ class Dispatch:
         for receiver in receivers:
             attempt = context.copy()
             try:
-                response = attempt.run(receiver, signal=self.signal, sender=self.sender, **self.named)
+                response = attempt.run(
+                    receiver, signal=self.signal, sender=self.sender, **self.named
+                )
             except Exception as err:
                 if not self.robust:
                     raise
@@ -112,7 +118,9 @@ class Dispatch:
 
         async def call(index: int, receiver: Receiver) -> None:
             try:
-                outcomes[index] = await receiver(signal=self.signal, sender=self.sender, **self.named)
+                outcomes[index] = await receiver(
+                    signal=self.signal, sender=self.sender, **self.named
+                )
             except BaseException as err:
                 if self.robust and isinstance(err, Exception):
                     self._log_failure(receiver, err)
@@ -163,7 +171,7 @@ class Dispatch:
     def _log_failure(self, receiver: Receiver, err: Exception) -> None:
         logger.error(
             "Error calling %s in Signal.send_robust() (%s)",
-            describe(receiver),
+            _qualname(receiver),
             err,
             exc_info=err,
         )

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from django.dispatch import Signal
 from django.dispatch.dispatcher import NO_RECEIVERS
 
 from structured_signals._compat import live_receivers
-from structured_signals._context import OnConflict
 from structured_signals._dispatch import ContextMode, Dispatch, Responses
+
+if TYPE_CHECKING:
+    from structured_signals._context import OnConflict
 
 __all__ = ("StructuredSignal",)
 

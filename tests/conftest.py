@@ -14,3 +14,10 @@ if not settings.configured:
 def run(request: pytest.FixtureRequest) -> Runner:
     """Run a coroutine to completion on a new event loop of each kind."""
     return runner(LOOP_FACTORIES[request.param])
+
+
+def pytest_report_header() -> str:
+    import structured_signals
+
+    # The nox sessions test the built wheel: this path shows which copy ran.
+    return f"structured_signals: {structured_signals.__file__}"

@@ -1,0 +1,152 @@
+"""Sessions: lint, typing, build, tests and django_tests (the matrix), demo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+import nox
+
+nox.options.error_on_missing_interpreters = True
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.sessions = ["lint", "typing", "build", "tests", "django_tests"]
+
+ROOT = Path(__file__).parent
+DIST = ROOT / "dist"
+DJANGO_SDISTS = ROOT / ".nox" / "_django_sdists"
+
+# SPEC 6: every supported (Python, Django) pair.
+MATRIX = [
+    *(("3.9", "4.2"), ("3.10", "4.2"), ("3.11", "4.2"), ("3.12", "4.2")),
+    *(("3.10", "5.2"), ("3.11", "5.2"), ("3.12", "5.2"), ("3.13", "5.2")),
+    *(("3.12", "6.0"), ("3.13", "6.0")),
+    *(("3.12", "6.1"), ("3.13", "6.1")),
+]
+PYTHONS = sorted({python for python, _ in MATRIX}, key=lambda v: tuple(map(int, v.split("."))))
+TYPING_PYTHON, TYPING_DJANGO = "3.13", "6.1"
+DEMO_PYTHON, DEMO_DJANGO = "3.12", "5.2"
+TEST_REQUIREMENTS = ["pytest>=8", "hypothesis>=6.100", "uvloop>=0.19"]
+
+
+def _expose_pyenv_interpreters() -> None:
+    """Put each pyenv-installed python3.X of the matrix on PATH.
+
+    nox looks interpreters up on PATH, where pyenv shows only the versions it
+    has selected (the others are shims that fail); the real binaries are under
+    $(pyenv root)/versions. A missing one still fails the session.
+    """
+    versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    if not versions.is_dir():
+        return
+    links = ROOT / ".nox" / "_interpreters"
+    links.mkdir(parents=True, exist_ok=True)
+    for python in PYTHONS:
+        if shutil.which(f"python{python}", path=str(links)):
+            continue
+        installed = sorted(versions.glob(f"{python}.*/bin/python{python}"))
+        if installed:
+            (links / f"python{python}").symlink_to(installed[-1])
+    os.environ["PATH"] = os.pathsep.join([str(links), os.environ.get("PATH", "")])
+
+
+_expose_pyenv_interpreters()
+
+
+def _django_requirement(django: str) -> str:
+    return f"django~={django}.0"
+
+
+def _wheel() -> Path:
+    wheels = sorted(DIST.glob("structured_signals-*.whl"))
+    if not wheels:
+        raise RuntimeError("no wheel in dist/: run `nox -s build` first")
+    return wheels[-1]
+
+
+@nox.session(python=TYPING_PYTHON)
+def lint(session: nox.Session) -> None:
+    """Check lint and formatting with ruff."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=TYPING_PYTHON)
+def typing(session: nox.Session) -> None:
+    """Type-check the package and the tests with mypy --strict."""
+    session.install(
+        "-e",
+        ".",
+        _django_requirement(TYPING_DJANGO),
+        "mypy",
+        "django-stubs",
+        "nox",
+        *TEST_REQUIREMENTS,
+    )
+    session.run("mypy")
+
+
+@nox.session(python=TYPING_PYTHON)
+def build(session: nox.Session) -> None:
+    """Build the sdist and the wheel, and check that the wheel ships py.typed."""
+    shutil.rmtree(DIST, ignore_errors=True)
+    session.install("build")
+    session.run("python", "-m", "build", "--outdir", str(DIST))
+    names = zipfile.ZipFile(_wheel()).namelist()
+    if "structured_signals/py.typed" not in names:
+        session.error(f"the wheel lacks structured_signals/py.typed: {names}")
+
+
+@nox.session(requires=["build"])
+@nox.parametrize(("python", "django"), MATRIX, ids=[f"{p}-django{d}" for p, d in MATRIX])
+def tests(session: nox.Session, django: str) -> None:
+    """Run the test suite against the built wheel, on one Python and Django."""
+    session.install(str(_wheel()), _django_requirement(django), *TEST_REQUIREMENTS)
+    session.run("pytest", *session.posargs)
+
+
+@nox.session(requires=["build"])
+@nox.parametrize(("python", "django"), MATRIX, ids=[f"{p}-django{d}" for p, d in MATRIX])
+def django_tests(session: nox.Session, django: str) -> None:
+    """Run Django's own dispatch and signals tests with every Signal structured."""
+    session.install(str(_wheel()), _django_requirement(django))
+    version = session.run("python", "-c", "import django; print(django.__version__)", silent=True)
+    assert isinstance(version, str)
+    tests_dir = _django_tests_dir(session, version.strip())
+    session.run(
+        "python",
+        str(ROOT / "tests" / "django_suite.py"),
+        str(tests_dir),
+        "dispatch",
+        "signals",
+    )
+
+
+def _django_tests_dir(session: nox.Session, version: str) -> Path:
+    """Django's tests/ of `version`, from its source distribution on PyPI."""
+    unpacked = DJANGO_SDISTS / version
+    if not unpacked.is_dir():
+        download = DJANGO_SDISTS / f"{version}.download"
+        shutil.rmtree(download, ignore_errors=True)
+        session.run(
+            sys.executable,
+            *("-m", "pip", "download", "--quiet", "--no-deps", "--no-binary=:all:"),
+            *("--ignore-requires-python", "--dest", str(download), f"django=={version}"),
+            external=True,
+        )
+        (sdist,) = download.glob("*.tar.gz")
+        shutil.unpack_archive(sdist, download)
+        sdist.unlink()
+        download.rename(unpacked)
+    (runtests,) = unpacked.glob("*/tests/runtests.py")
+    return runtests.parent
+
+
+@nox.session(python=DEMO_PYTHON)
+def demo(session: nox.Session) -> None:
+    """Show what a caller sees after Django's Signal and after StructuredSignal."""
+    session.install(".", _django_requirement(DEMO_DJANGO))
+    session.run("python", str(ROOT / "demo" / "ticket_36714.py"))

@@ -1,0 +1,101 @@
+"""The compatibility layer, against the installed Django and asgiref."""
+
+from __future__ import annotations
+
+import contextvars
+from typing import Any
+
+from asgiref.local import Local
+from asgiref.sync import SyncToAsync
+from django.dispatch import Signal
+from support import in_plain_thread
+
+from structured_signals._compat import (
+    ASGIREF_VARIABLES,
+    asgiref_carrier,
+    live_receivers,
+    local_attributes,
+    local_storage,
+    rehomed,
+)
+
+state = Local()
+plain: contextvars.ContextVar[object] = contextvars.ContextVar("plain")
+
+
+def local_variable_and_value(**attributes: object) -> tuple[contextvars.ContextVar[Any], object]:
+    context = contextvars.Context()
+    for name, value in attributes.items():
+        context.run(setattr, state, name, value)
+    ((variable, value),) = context.items()
+    return variable, value
+
+
+def test_live_receivers_splits_sync_and_async_receivers_each_in_connection_order() -> None:
+    signal = Signal()
+
+    def sync_one(**kwargs: Any) -> None:
+        pass
+
+    async def async_one(**kwargs: Any) -> None:
+        pass
+
+    def sync_two(**kwargs: Any) -> None:
+        pass
+
+    async def async_two(**kwargs: Any) -> None:
+        pass
+
+    for receiver in (sync_one, async_one, sync_two, async_two):
+        signal.connect(receiver)
+    assert live_receivers(signal, None) == ([sync_one, sync_two], [async_one, async_two])
+
+
+def test_local_attributes_reads_the_installed_asgirefs_local_storage() -> None:
+    variable, value = local_variable_and_value(user=1, tenant="acme")
+    assert dict(local_attributes(variable, value) or {}) == {"user": 1, "tenant": "acme"}
+
+
+def test_local_attributes_is_none_for_a_plain_variable() -> None:
+    assert local_attributes(plain, {"user": 1}) is None
+
+
+def test_local_storage_builds_what_local_reads_back() -> None:
+    variable, _ = local_variable_and_value(user=1)
+    context = contextvars.Context()
+    context.run(variable.set, local_storage({"user": 2, "tenant": "acme"}))
+    assert context.run(lambda: (state.user, state.tenant)) == (2, "acme")
+
+
+def test_rehomed_makes_a_local_set_in_another_thread_readable_here() -> None:
+    def set_in_other_thread() -> contextvars.Context:
+        state.user = "from other thread"
+        return contextvars.copy_context()
+
+    foreign = in_plain_thread(set_in_other_thread)
+    before = dict(foreign)
+    moved = rehomed(foreign)
+    assert moved.run(lambda: state.user) == "from other thread"
+    assert all(foreign[variable] is value for variable, value in before.items())
+
+
+def test_rehomed_gives_the_context_itself_when_nothing_has_to_move() -> None:
+    state.user = "here"
+    context = contextvars.copy_context()
+    assert rehomed(context) is context
+
+
+def test_asgiref_carrier_holds_asgirefs_variables_and_nothing_else() -> None:
+    def scenario() -> contextvars.Context:
+        plain.set("user data")
+        SyncToAsync.deadlock_context.set(True)
+        return asgiref_carrier()
+
+    carrier = contextvars.Context().run(scenario)
+    assert set(carrier.keys()) == {SyncToAsync.deadlock_context}
+    assert set(carrier.keys()) <= ASGIREF_VARIABLES
+
+
+def test_asgiref_variables_include_the_thread_selecting_ones() -> None:
+    assert SyncToAsync.thread_sensitive_context in ASGIREF_VARIABLES
+    assert SyncToAsync.deadlock_context in ASGIREF_VARIABLES

@@ -1,0 +1,225 @@
+"""The dispatch runner: receiver interleavings (hypothesis), threads and event loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from asgiref.local import Local
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support import LOOP_FACTORIES, Runner, runner
+
+from structured_signals import ContextConflictError, StructuredSignal
+from structured_signals._dispatch import describe
+
+VARIABLES = [contextvars.ContextVar[int](f"slot{i}") for i in range(3)]
+LOCAL = Local()
+LOCAL_ATTRIBUTES = ("a", "b")
+# A slot is a ContextVar (by index) or an attribute of LOCAL (by name).
+SLOTS: list[int | str] = [*range(len(VARIABLES)), *LOCAL_ATTRIBUTES]
+
+
+def write(slot: int | str, value: int) -> None:
+    if isinstance(slot, int):
+        VARIABLES[slot].set(value)
+    else:
+        setattr(LOCAL, slot, value)
+
+
+def state() -> dict[int | str, int | None]:
+    values: dict[int | str, int | None] = {}
+    for slot in SLOTS:
+        if isinstance(slot, int):
+            values[slot] = VARIABLES[slot].get(None)
+        else:
+            values[slot] = getattr(LOCAL, slot, None)
+    return values
+
+
+@dataclass(frozen=True)
+class Step:
+    pauses: int
+    slot: int | str
+    value: int
+
+
+Program = list[Step]
+
+
+def make_receiver(program: Program) -> Any:
+    async def receiver(**kwargs: Any) -> None:
+        for step in program:
+            for _ in range(step.pauses):
+                await asyncio.sleep(0)
+            write(step.slot, step.value)
+
+    return receiver
+
+
+steps = st.builds(
+    Step,
+    pauses=st.integers(0, 3),
+    slot=st.sampled_from(SLOTS),
+    value=st.integers(1, 3),
+)
+programs = st.lists(st.lists(steps, max_size=4), min_size=1, max_size=4)
+loops = st.sampled_from(sorted(LOOP_FACTORIES))
+INITIAL: dict[int | str, int] = {0: 1, "a": 1}
+
+
+def prepare_caller() -> None:
+    for slot, value in INITIAL.items():
+        write(slot, value)
+
+
+def dispatch(signal: StructuredSignal, receivers: list[Any], loop: str) -> dict[int | str, Any]:
+    for connected in receivers:
+        signal.connect(connected, weak=False)
+
+    async def caller() -> dict[int | str, Any]:
+        prepare_caller()
+        await signal.asend(sender=None)
+        return state()
+
+    result: dict[int | str, Any] = runner(LOOP_FACTORIES[loop])(caller())
+    return result
+
+
+def one_by_one(receivers: list[Any], loop: str) -> dict[int | str, Any]:
+    async def caller() -> dict[int | str, Any]:
+        prepare_caller()
+        for connected in receivers:
+            await connected()
+        return state()
+
+    result: dict[int | str, Any] = runner(LOOP_FACTORIES[loop])(caller())
+    return result
+
+
+def owned_by_one_receiver(programs: list[Program]) -> bool:
+    owners: dict[int | str, int] = {}
+    for index, program in enumerate(programs):
+        for step in program:
+            if owners.setdefault(step.slot, index) != index:
+                return False
+    return True
+
+
+@settings(deadline=None, max_examples=150)
+@given(
+    programs=programs.filter(owned_by_one_receiver),
+    loop=loops,
+    mode=st.sampled_from(["isolated", "shared"]),
+)
+def test_disjoint_writes_merge_as_if_receivers_ran_one_by_one_in_connection_order(
+    programs: list[Program], loop: str, mode: str
+) -> None:
+    receivers = [make_receiver(program) for program in programs]
+    signal = StructuredSignal(context=mode)  # type: ignore[arg-type]
+    assert dispatch(signal, receivers, loop) == one_by_one(receivers, loop)
+
+
+def final_writes(program: Program) -> dict[int | str, int]:
+    """What a receiver leaves in each slot it wrote (its last write wins)."""
+    return {step.slot: step.value for step in program}
+
+
+def expected_outcome(programs: list[Program], policy: str) -> dict[int | str, Any] | None:
+    """The caller's state after an isolated dispatch, None for a conflict error.
+
+    A receiver changed a slot when its last write there is not the base value
+    (small ints: identity is equality); writers disagree when their values differ.
+    """
+    base = {slot: INITIAL.get(slot) for slot in SLOTS}
+    result = dict(base)
+    for slot in SLOTS:
+        writers = [
+            final_writes(program)[slot]
+            for program in programs
+            if slot in final_writes(program) and final_writes(program)[slot] != base[slot]
+        ]
+        if not writers:
+            continue
+        if len(set(writers)) > 1 and policy == "raise":
+            return None
+        result[slot] = writers[-1] if policy == "last" else writers[0]
+    return result
+
+
+@settings(deadline=None, max_examples=200)
+@given(programs=programs, loop=loops, policy=st.sampled_from(["raise", "first", "last"]))
+def test_isolated_overlapping_writes_conflict_exactly_when_writers_disagree(
+    programs: list[Program], loop: str, policy: str
+) -> None:
+    receivers = [make_receiver(program) for program in programs]
+    signal = StructuredSignal(context="isolated", on_conflict=policy)  # type: ignore[arg-type]
+    expected = expected_outcome(programs, policy)
+    if expected is None:
+        with pytest.raises(ContextConflictError):
+            dispatch(signal, receivers, loop)
+    else:
+        assert dispatch(signal, receivers, loop) == expected
+
+
+def test_sync_receivers_run_in_the_thread_django_picked_for_the_request(run: Runner) -> None:
+    signal = StructuredSignal()
+    threads: list[int] = []
+
+    def sync_receiver(**kwargs: Any) -> None:
+        threads.append(threading.get_ident())
+
+    signal.connect(sync_receiver)
+
+    async def request() -> int:
+        # Django's ASGIHandler wraps each request in a ThreadSensitiveContext,
+        # so that all its sync code (database connections) runs in one thread.
+        async with ThreadSensitiveContext():
+            request_thread: int = await sync_to_async(threading.get_ident)()
+            await signal.asend(sender=None)
+            return request_thread
+
+    request_thread = run(request())
+    assert threads == [request_thread]
+
+
+def test_send_called_from_a_sync_to_async_thread_runs_async_receivers_on_the_callers_loop(
+    run: Runner,
+) -> None:
+    signal = StructuredSignal()
+    loops: list[asyncio.AbstractEventLoop] = []
+    user: contextvars.ContextVar[str] = contextvars.ContextVar("user")
+
+    async def async_receiver(**kwargs: Any) -> None:
+        loops.append(asyncio.get_running_loop())
+        user.set("alice")
+
+    signal.connect(async_receiver)
+
+    def sync_view() -> str:
+        signal.send(sender=None)
+        return user.get()
+
+    async def caller() -> tuple[asyncio.AbstractEventLoop, str]:
+        return asyncio.get_running_loop(), await sync_to_async(sync_view)()
+
+    loop, seen = run(caller())
+    assert loops == [loop]
+    assert seen == "alice"
+
+
+def test_describe_names_functions_and_callable_instances_by_module_and_qualname() -> None:
+    class Handler:
+        def __call__(self, **kwargs: Any) -> None:
+            pass
+
+    def function(**kwargs: Any) -> None:
+        pass
+
+    assert describe(function) == f"{__name__}.{function.__qualname__}"
+    assert describe(Handler()).endswith("Handler")
