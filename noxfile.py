@@ -28,7 +28,13 @@ MATRIX = [
 PYTHONS = sorted({python for python, _ in MATRIX}, key=lambda v: tuple(map(int, v.split("."))))
 TYPING_PYTHON, TYPING_DJANGO = "3.13", "6.1"
 DEMO_PYTHON, DEMO_DJANGO = "3.12", "5.2"
-TEST_REQUIREMENTS = ["pytest>=8", "hypothesis>=6.100", "uvloop>=0.19"]
+TEST_REQUIREMENTS = [
+    "pytest>=8",
+    "hypothesis>=6.100",
+    "uvloop>=0.19",
+    "uvicorn>=0.30",
+    "httpx>=0.27",
+]
 
 
 def _expose_pyenv_interpreters() -> None:
@@ -111,7 +117,7 @@ def tests(session: nox.Session, django: str) -> None:
 @nox.session(requires=["build"])
 @nox.parametrize(("python", "django"), MATRIX, ids=[f"{p}-django{d}" for p, d in MATRIX])
 def django_tests(session: nox.Session, django: str) -> None:
-    """Run Django's own dispatch and signals tests with every Signal structured."""
+    """Run Django's own dispatch, signals, asgi and handlers tests, structured."""
     session.install(str(_wheel()), _django_requirement(django))
     version = session.run("python", "-c", "import django; print(django.__version__)", silent=True)
     assert isinstance(version, str)
@@ -120,8 +126,7 @@ def django_tests(session: nox.Session, django: str) -> None:
         "python",
         str(ROOT / "tests" / "django_suite.py"),
         str(tests_dir),
-        "dispatch",
-        "signals",
+        *("dispatch", "signals", "asgi", "handlers"),
     )
 
 

@@ -24,29 +24,35 @@ else:
     from taskgroup import TaskGroup
 
 if TYPE_CHECKING:
+    from django.core.handlers.asgi import ASGIHandler
     from django.dispatch import Signal
+    from django.http import HttpRequest, HttpResponseBase
 
 __all__ = (
     "ASGIREF_VARIABLES",
     "BaseExceptionGroup",
     "TaskGroup",
     "asgiref_carrier",
+    "listen_for_disconnect",
     "live_receivers",
     "local_attributes",
     "local_storage",
     "rehomed",
+    "run_get_response",
+    "script_prefix",
 )
 
 Receiver = Callable[..., Any]
 
 # Django 5.0 added async receivers: `_live_receivers` returns (sync, async)
-# from then on; 4.2 returns one list and never awaits anything.
-_DJANGO_SPLITS_RECEIVERS = django.VERSION >= (5, 0)
+# from then on; 4.2 returns one list and never awaits anything. 5.0 also
+# split ASGIHandler.handle() into the pieces the structured handler reuses.
+_DJANGO_5 = django.VERSION >= (5, 0)
 
 
 def live_receivers(signal: Signal, sender: Any) -> tuple[list[Receiver], list[Receiver]]:
     """The live receivers for `sender`, as (sync, async), each in connection order."""
-    if _DJANGO_SPLITS_RECEIVERS:
+    if _DJANGO_5:
         sync_receivers, async_receivers = signal._live_receivers(sender)
         return sync_receivers, async_receivers
     receivers: list[Receiver] = signal._live_receivers(sender)  # type: ignore[assignment]
@@ -140,3 +146,43 @@ def asgiref_carrier() -> contextvars.Context:
 def _set_values(values: list[tuple[contextvars.ContextVar[Any], Any]]) -> None:
     for variable, value in values:
         variable.set(value)
+
+
+# Django's ASGIHandler is imported lazily: importing it creates Django's
+# built-in signals, which must not happen when this package is imported.
+
+
+def script_prefix(handler: ASGIHandler, scope: dict[str, Any]) -> str:
+    """The script prefix of `scope`, as the installed Django computes it."""
+    if _DJANGO_5:
+        from django.core.handlers.asgi import get_script_prefix
+
+        return get_script_prefix(scope)
+    prefix: str = handler.get_script_prefix(scope)  # type: ignore[attr-defined]
+    return prefix
+
+
+async def run_get_response(handler: ASGIHandler, request: HttpRequest) -> HttpResponseBase:
+    """The response of the middleware chain and the view, as Django's handler makes it."""
+    if _DJANGO_5:
+        return await handler.run_get_response(request)
+    from django.http import FileResponse
+
+    response = await handler.get_response_async(request)
+    response._handler_class = type(handler)  # type: ignore[attr-defined]
+    if isinstance(response, FileResponse):
+        response.block_size = handler.chunk_size
+    return response
+
+
+async def listen_for_disconnect(handler: ASGIHandler, receive: Callable[[], Any]) -> None:
+    """Return never; raise RequestAborted when the client disconnects."""
+    if _DJANGO_5:
+        await handler.listen_for_disconnect(receive)
+        return
+    from django.core.exceptions import RequestAborted
+
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise RequestAborted
+    raise AssertionError(f"Invalid ASGI message after request body: {message['type']}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from django.dispatch import Signal
 from django.dispatch.dispatcher import NO_RECEIVERS
@@ -13,7 +13,7 @@ from structured_signals._dispatch import ContextMode, Dispatch, Responses
 if TYPE_CHECKING:
     from structured_signals._context import OnConflict
 
-__all__ = ("StructuredSignal",)
+__all__ = ("StructuredSignal", "upgrade")
 
 _CONTEXT_MODES: tuple[str, ...] = get_args(ContextMode)
 _CONFLICT_POLICIES = ("raise", "first", "last")
@@ -40,9 +40,13 @@ class StructuredSignal(Signal):
         self,
         use_caching: bool = False,
         *,
-        context: Literal["shared", "isolated"] = "shared",
+        context: ContextMode = "shared",
         on_conflict: OnConflict = "raise",
     ) -> None:
+        super().__init__(use_caching=use_caching)
+        self._configure(context, on_conflict)
+
+    def _configure(self, context: ContextMode, on_conflict: OnConflict) -> None:
         if context not in _CONTEXT_MODES:
             raise ValueError(
                 f"StructuredSignal(context={context!r}) is not a context mode: "
@@ -54,7 +58,6 @@ class StructuredSignal(Signal):
                 f"use one of {', '.join(map(repr, _CONFLICT_POLICIES))}, or a callable "
                 "that takes the Conflict and returns the value to keep."
             )
-        super().__init__(use_caching=use_caching)
         self.context = context
         self.on_conflict = on_conflict
 
@@ -115,3 +118,28 @@ class StructuredSignal(Signal):
             context=self.context,
             on_conflict=self.on_conflict,
         )
+
+
+def upgrade(
+    signal: Signal,
+    *,
+    context: ContextMode = "shared",
+    on_conflict: OnConflict = "raise",
+) -> StructuredSignal:
+    """Make `signal`, a plain `Signal`, structured in place and return it.
+
+    The object, its receivers and its caches stay as they are, so every module
+    that imported it (Django's own senders too) dispatches the structured way.
+    A signal that is already structured is returned unchanged.
+    """
+    if isinstance(signal, StructuredSignal):
+        return signal
+    if type(signal) is not Signal:
+        raise TypeError(
+            f"upgrade() takes a django.dispatch.Signal, not a {type(signal).__qualname__}: "
+            "create it as a StructuredSignal instead."
+        )
+    signal.__class__ = StructuredSignal
+    assert isinstance(signal, StructuredSignal)
+    signal._configure(context, on_conflict)
+    return signal

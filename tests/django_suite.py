@@ -1,11 +1,12 @@
-"""Run Django's own test modules with every Signal Django creates structured.
+"""Run Django's own test modules with structured_signals swapped in.
 
 Usage: python django_suite.py DJANGO_TESTS_DIR LABEL [LABEL ...]
 
 DJANGO_TESTS_DIR is the tests/ folder of the installed Django's source
 distribution (the `django_tests` nox session downloads it). The swap happens
 before Django creates its built-in signals, so `request_started`,
-`post_save`, ... and every `Signal()` the tests create are StructuredSignals.
+`post_save`, ... and every `Signal()` the tests create are StructuredSignals,
+and every ASGIHandler the tests create is a StructuredASGIHandler.
 """
 
 from __future__ import annotations
@@ -29,8 +30,15 @@ def main(tests_dir: str, labels: list[str]) -> None:
     django.dispatch.Signal = StructuredSignal  # type: ignore[misc]
     django.dispatch.dispatcher.Signal = StructuredSignal  # type: ignore[misc]
 
+    from django.core import asgi as django_asgi
     from django.core import signals as core_signals
+    from django.core.handlers import asgi as django_asgi_handlers
     from django.db.models import signals as model_signals
+
+    from structured_signals import asgi
+
+    django_asgi.get_asgi_application = asgi.get_asgi_application
+    django_asgi_handlers.ASGIHandler = asgi.StructuredASGIHandler  # type: ignore[misc]
 
     for signal in (core_signals.request_started, model_signals.post_save):
         if not isinstance(signal, StructuredSignal):

@@ -1,0 +1,11 @@
+"""The project's asgi.py as Django generates it: the stock handler."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "e2e_project.settings")
+
+from django.core.asgi import get_asgi_application
+
+application = get_asgi_application()
