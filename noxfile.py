@@ -152,6 +152,6 @@ def _django_tests_dir(session: nox.Session, version: str) -> Path:
 
 @nox.session(python=DEMO_PYTHON)
 def demo(session: nox.Session) -> None:
-    """Show what a caller sees after Django's Signal and after StructuredSignal."""
-    session.install(".", _django_requirement(DEMO_DJANGO))
+    """Show, side by side, what Django's own handler and signals lose and we keep."""
+    session.install(".", _django_requirement(DEMO_DJANGO), "uvicorn", "httpx")
     session.run("python", str(ROOT / "demo" / "ticket_36714.py"))

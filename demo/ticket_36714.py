@@ -1,17 +1,23 @@
-"""Django ticket #36714, side by side: Django's Signal against StructuredSignal.
+"""Django ticket #36714, side by side: Django's own pieces against structured_signals.
 
-Each row dispatches one signal through the installed Django's own
-`django.dispatch.Signal`, then through `structured_signals.StructuredSignal`,
-and prints what the caller sees afterwards.
+Part 1 serves demo_project (demo/demo_project) under uvicorn on 127.0.0.1,
+first with Django's ASGIHandler, then with StructuredASGIHandler, sends real
+requests and prints what each stage of a request saw. Part 2 dispatches one
+signal per row through `django.dispatch.Signal` and through
+`StructuredSignal` and prints what the caller sees afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 import django
+import httpx
+from demo_project.serve import uvicorn
 from django.conf import settings
 from django.dispatch import Signal
 
@@ -137,16 +143,88 @@ def outcome(scenario: Callable[[type[Signal]], str], signal_class: type[Signal])
         return f"raises {type(error).__name__}"
 
 
-def main() -> None:
-    print(f"Django {django.get_version()}: what the caller sees after the dispatch\n")
-    header = ("scenario", "django.dispatch.Signal", "StructuredSignal")
-    rows = [
-        (title, outcome(scenario, Signal), outcome(scenario, StructuredSignal))
-        for title, scenario in SCENARIOS
-    ]
+def print_table(header: tuple[str, str, str], rows: list[tuple[str, str, str]]) -> None:
     widths = [max(len(row[i]) for row in (header, *rows)) for i in range(3)]
     for row in (header, tuple("-" * w for w in widths), *rows):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print()
+
+
+LOST = "- (lost)"
+
+
+def lifecycle(handler: str) -> list[str]:
+    """What each stage of three real requests saw, served with `handler`."""
+    with uvicorn(handler) as url:
+        view = httpx.get(f"{url}/connection/", headers={"X-Request-Id": "req-1"}).json()
+        request_with_disconnect(url, "req-2")
+        events = wait_for_finished(url, ["req-1", "req-2"])
+    first, second = events.get("req-1", {}), events.get("req-2", {})
+
+    def show(event: dict[str, object], key: str) -> str:
+        return str(event.get(key) or LOST)
+
+    return [
+        show(view, "request_id"),
+        show(view, "local_id"),
+        show(first.get("request_finished (sync)", {}), "connection"),
+        show(first.get("request_finished (async)", {}), "connection"),
+        show(second.get("request_finished (async)", {}), "connection"),
+    ]
+
+
+def request_with_disconnect(url: str, request_id: str) -> None:
+    """GET /wait/, whose view waits, and hang up once the view has started."""
+    host, port = url.rsplit("/", 1)[1].split(":")
+    with socket.create_connection((host, int(port))) as client:
+        client.sendall(
+            f"GET /wait/ HTTP/1.1\r\nHost: {host}\r\nX-Request-Id: {request_id}\r\n\r\n".encode()
+        )
+        wait_for_finished(url, [request_id], stage="view started")
+
+
+def wait_for_finished(
+    url: str, request_ids: list[str], stage: str = "request_finished (async)"
+) -> dict[str, dict[str, dict[str, object]]]:
+    """Events by request and stage, once each request reached `stage` (5 s at most)."""
+    by_request: dict[str, dict[str, dict[str, object]]] = {}
+    for _ in range(250):
+        events = httpx.get(f"{url}/events/").json()
+        by_request = {
+            request_id: {event["stage"]: event for event in events.get(request_id, [])}
+            for request_id in request_ids
+        }
+        if all(stage in stages for stages in by_request.values()):
+            break
+        time.sleep(0.02)
+    return by_request
+
+
+LIFECYCLE_ROWS = [
+    "view: request_id, set by a sync request_started receiver",
+    "view: Local attribute, set by an async request_started receiver",
+    "request_finished, sync receiver: the connection the view opened",
+    "request_finished, async receiver: the connection the view opened",
+    "client hung up, view cancelled: request_finished sees its connection",
+]
+
+
+def main() -> None:
+    print(f"Django {django.get_version()}, served by uvicorn on 127.0.0.1\n")
+    print("1. What each stage of a request sees (request ids req-1 and req-2)\n")
+    stock, structured = lifecycle("django"), lifecycle("structured")
+    print_table(
+        ("stage", "Django's ASGIHandler", "StructuredASGIHandler"),
+        list(zip(LIFECYCLE_ROWS, stock, structured)),
+    )
+    print("2. What the caller sees after one dispatch\n")
+    print_table(
+        ("scenario", "django.dispatch.Signal", "StructuredSignal"),
+        [
+            (title, outcome(scenario, Signal), outcome(scenario, StructuredSignal))
+            for title, scenario in SCENARIOS
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """StructuredASGIHandler under a real server: uvicorn on 127.0.0.1, real HTTP requests.
 
-The project is tests/e2e_project. Every example runs against the
+The project is tests/demo_project. Every example runs against the
 StructuredASGIHandler (on asyncio's loop and on uvloop) and against Django's
 stock ASGIHandler of the installed version, whose behaviour is asserted too,
 so the suite itself documents the difference (Django ticket #36714).
@@ -9,29 +9,33 @@ so the suite itself documents the difference (Django ticket #36714).
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-import subprocess
-import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import django
 import httpx
 import pytest
+from demo_project.serve import uvicorn
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-TESTS_DIR = Path(__file__).parent
-# Django 6.1 dispatches async receivers in one shared context (#36315) and
-# runs the view in the handler's own task; earlier versions do neither.
-STOCK_KEEPS_CONTEXT = django.VERSION >= (6, 1)
-# Django 4.2's Signal.send() calls an async receiver without awaiting it.
-STOCK_AWAITS_ASYNC_RECEIVERS = django.VERSION >= (5, 0)
+# What Django's own ASGIHandler carries from one stage to the next (#36714):
+# (sync request_started receiver -> view, async request_started receiver ->
+# view, view -> sync request_finished receiver, view -> async one).
+# 4.2 sends request_started through sync_to_async(send), which copies the
+# sync receivers' writes back, and never awaits an async receiver; 5.2 and
+# 6.0 gather every receiver in a task of its own and run the view in another
+# task; 6.1 shares one context among receivers and runs the view in place.
+STOCK_CARRIES = {
+    (4, 2): (True, False, True, False),
+    (5, 2): (False, False, False, False),
+    (6, 0): (False, False, False, False),
+    (6, 1): (True, True, True, True),
+}[django.VERSION[:2]]
+SYNC_FINISHED, ASYNC_FINISHED = "request_finished (sync)", "request_finished (async)"
 
 
 @dataclass
@@ -40,8 +44,9 @@ class Server:
     url: str
 
     @property
-    def structured(self) -> bool:
-        return self.handler == "structured"
+    def carries(self) -> tuple[bool, bool, bool, bool]:
+        """Which stages this server's handler carries context across (STOCK_CARRIES)."""
+        return (True, True, True, True) if self.handler == "structured" else STOCK_CARRIES
 
     def get(self, path: str, request_id: str) -> dict[str, Any]:
         response = httpx.get(self.url + path, headers={"X-Request-Id": request_id}, timeout=10)
@@ -75,54 +80,6 @@ class Server:
             time.sleep(0.02)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def wait_until_serving(process: subprocess.Popen[bytes], url: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"uvicorn exited with {process.returncode}")
-        try:
-            httpx.get(url + "/events/", timeout=1)
-        except httpx.TransportError:
-            time.sleep(0.05)
-        else:
-            return
-    raise RuntimeError(f"uvicorn did not serve {url} within 30 s")
-
-
-@contextmanager
-def uvicorn(handler: str, loop: str) -> Iterator[Server]:
-    """uvicorn serving the e2e project on 127.0.0.1 with `handler`, on `loop`."""
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            *("-m", "uvicorn", f"e2e_project.asgi_{handler}:application"),
-            *("--host", "127.0.0.1", "--port", str(port), "--loop", loop),
-            *("--lifespan", "off", "--log-level", "warning", "--backlog", "256"),
-        ],
-        cwd=TESTS_DIR,
-        env={**os.environ, "PYTHONPATH": str(TESTS_DIR), "PYTHONWARNINGS": "ignore"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(process, url)
-        yield Server(handler, url)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 @pytest.fixture(
     scope="module",
     params=[("structured", "asyncio"), ("structured", "uvloop"), ("django", "asyncio")],
@@ -130,15 +87,16 @@ def uvicorn(handler: str, loop: str) -> Iterator[Server]:
 )
 def server(request: pytest.FixtureRequest) -> Iterator[Server]:
     """The StructuredASGIHandler on each loop, and Django's own handler."""
-    with uvicorn(*request.param) as running:
-        yield running
+    handler, loop = request.param
+    with uvicorn(handler, loop) as url:
+        yield Server(handler, url)
 
 
 @pytest.fixture(scope="module", params=["asyncio", "uvloop"])
 def structured_server(request: pytest.FixtureRequest) -> Iterator[Server]:
     """The StructuredASGIHandler on each loop."""
-    with uvicorn("structured", request.param) as running:
-        yield running
+    with uvicorn("structured", request.param) as url:
+        yield Server("structured", url)
 
 
 @pytest.mark.parametrize("path", ["/whoami/", "/whoami-sync/"])
@@ -148,12 +106,9 @@ def test_request_started_writes_reach_the_middleware_and_the_view(
     request_id = f"started-{server.handler}-{path}"
     seen = server.get(path, request_id)
     middleware = server.wait_for_events(request_id, "middleware")["middleware"]
-    # A sync receiver's write came back through sync_to_async in every Django.
-    assert seen["request_id"] == middleware["request_id"] == request_id
-    # The async receiver's write is the one Django <= 6.0 loses (#36714).
-    keeps = server.structured or STOCK_KEEPS_CONTEXT
-    expected = request_id if keeps else None
-    assert seen["local_id"] == middleware["local_id"] == expected
+    from_sync, from_async, _, _ = server.carries
+    assert seen["request_id"] == middleware["request_id"] == (request_id if from_sync else None)
+    assert seen["local_id"] == middleware["local_id"] == (request_id if from_async else None)
 
 
 @pytest.mark.parametrize("path", ["/connection/", "/stream/"])
@@ -161,27 +116,23 @@ def test_the_views_writes_reach_request_finished_sync_and_async(server: Server, 
     request_id = f"finished-{server.handler}-{path}"
     response = httpx.get(server.url + path, headers={"X-Request-Id": request_id}, timeout=10)
     assert response.status_code == 200
-    sync, async_ = "request_finished (sync)", "request_finished (async)"
-    if server.structured or STOCK_KEEPS_CONTEXT:
-        events = server.wait_for_events(request_id, sync, async_)
-        for stage in (sync, async_):
+    _, _, to_sync, to_async = server.carries
+    events = server.wait_for_events(
+        request_id,
+        *(
+            stage
+            for stage, carried in ((SYNC_FINISHED, to_sync), (ASYNC_FINISHED, to_async))
+            if carried
+        ),
+    )
+    for stage, carried in ((SYNC_FINISHED, to_sync), (ASYNC_FINISHED, to_async)):
+        if carried:
             assert events[stage]["connection"] == request_id
             assert events[stage]["request_id"] == request_id
-        return
-    # Django 5.2 and 6.0 run the view in a task of its own: request_finished
-    # sees none of its writes, so it cannot even tell which request finished.
-    if STOCK_AWAITS_ASYNC_RECEIVERS:
-        unowned = server.wait_for_events("<no id>", sync, async_)
-        assert {sync, async_} <= unowned.keys()
-        assert request_id not in server.events() or not (
-            {sync, async_} & {e["stage"] for e in server.events()[request_id]}
-        )
-        return
-    # Django 4.2 runs the view in the handler's task, so its sync receiver
-    # sees the view's writes, but it never awaits an async receiver.
-    events = server.wait_for_events(request_id, sync)
-    assert events[sync]["connection"] == request_id
-    assert async_ not in server.wait_for_events(request_id, sync, async_)
+        else:
+            # Without the view's context, request_finished cannot even tell
+            # which request finished: it records under no id, or never runs.
+            assert stage not in events
 
 
 def test_concurrent_requests_never_see_each_others_values(structured_server: Server) -> None:
@@ -211,7 +162,7 @@ def test_concurrent_requests_never_see_each_others_values(structured_server: Ser
     assert len(answers) == len(ids)
     for answer in answers:
         assert answer["request_id"] == answer["local_id"] == answer["header_id"] == answer["asked"]
-    stages = ("request_finished (sync)", "request_finished (async)")
+    stages = (SYNC_FINISHED, ASYNC_FINISHED)
     for request_id, events in server.wait_for_all_events(ids, *stages).items():
         for stage in stages:
             assert events[stage]["request_id"] == request_id
@@ -230,7 +181,7 @@ def test_a_client_disconnect_cancels_the_view_and_request_finished_still_sees_it
             f"GET /wait/ HTTP/1.1\r\nHost: {host}\r\nX-Request-Id: {request_id}\r\n\r\n".encode()
         )
         assert "view started" in server.wait_for_events(request_id, "view started")
-    stages = ("view cancelled", "request_finished (sync)", "request_finished (async)")
+    stages = ("view cancelled", SYNC_FINISHED, ASYNC_FINISHED)
     events = server.wait_for_events(request_id, *stages)
     assert set(stages) <= events.keys()
     for stage in stages:

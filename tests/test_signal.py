@@ -8,6 +8,7 @@ import gc
 import logging
 from typing import TYPE_CHECKING, Any
 
+import django
 import pytest
 from asgiref.local import Local
 from django import dispatch
@@ -869,3 +870,23 @@ def test_weakly_connected_receivers_go_away_with_their_object() -> None:
     gc.collect()
     assert not signal.has_listeners(Sender)
     assert signal.send(sender=Sender) == []
+
+
+def test_djangos_own_signal_keeps_async_receiver_writes_only_from_django_6_1(run: Runner) -> None:
+    """The bug this package exists for (#36714), as the installed Django has it."""
+    signal = dispatch.Signal()
+
+    async def set_request_id(**kwargs: Any) -> None:
+        request_id.set("req-1")
+
+    signal.connect(set_request_id)
+    if django.VERSION < (5, 0):
+        # Django 4.2 has no async dispatch at all.
+        assert not hasattr(signal, "asend")
+        return
+
+    async def caller() -> str:
+        await signal.asend(sender=None)
+        return request_id.get("<lost>")
+
+    assert run(caller()) == ("req-1" if django.VERSION >= (6, 1) else "<lost>")

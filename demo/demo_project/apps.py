@@ -4,9 +4,9 @@ from django.apps import AppConfig
 
 
 class E2EProjectConfig(AppConfig):
-    name = "e2e_project"
+    name = "demo_project"
 
     def ready(self) -> None:
-        from e2e_project import state
+        from demo_project import state
 
         state.connect_receivers()

@@ -1,4 +1,4 @@
-"""A small Django project served by uvicorn in the end-to-end tests (and the demo).
+"""A small Django project served by uvicorn in the demo and the end-to-end tests.
 
 A request carries its id in the `X-Request-Id` header. A sync and an async
 `request_started` receiver put it in context (a ContextVar and an

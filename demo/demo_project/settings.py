@@ -3,9 +3,9 @@ from __future__ import annotations
 SECRET_KEY = "e2e-only"
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
-ROOT_URLCONF = "e2e_project.urls"
-INSTALLED_APPS = ["e2e_project"]
-MIDDLEWARE = ["e2e_project.state.remember_header_middleware"]
+ROOT_URLCONF = "demo_project.urls"
+INSTALLED_APPS = ["demo_project"]
+MIDDLEWARE = ["demo_project.state.remember_header_middleware"]
 DATABASES: dict[str, dict[str, str]] = {}
 USE_TZ = True
 LOGGING_CONFIG = None

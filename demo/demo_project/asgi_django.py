@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "e2e_project.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo_project.settings")
 
 from django.core.asgi import get_asgi_application
 

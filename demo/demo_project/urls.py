@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 from django.http import JsonResponse, StreamingHttpResponse
 from django.urls import path
 
-from e2e_project.state import EVENTS, EVENTS_LOCK, Connection, connection, header_id, record, seen
+from demo_project.state import EVENTS, EVENTS_LOCK, Connection, connection, header_id, record, seen
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -1,0 +1,70 @@
+"""Serve the project with uvicorn on 127.0.0.1, in a child process."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+PROJECT_PARENT = Path(__file__).parent.parent
+
+
+@contextmanager
+def uvicorn(handler: str, loop: str = "asyncio") -> Iterator[str]:
+    """Yield the URL of uvicorn serving `demo_project.asgi_<handler>` on `loop`.
+
+    The server is stopped (terminated, then killed after 10 s) on exit.
+    """
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            *("-m", "uvicorn", f"demo_project.asgi_{handler}:application"),
+            *("--host", "127.0.0.1", "--port", str(port), "--loop", loop),
+            *("--lifespan", "off", "--log-level", "warning", "--backlog", "256"),
+        ],
+        cwd=PROJECT_PARENT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_PARENT), "PYTHONWARNINGS": "ignore"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_serving(process, url)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _wait_until_serving(process: subprocess.Popen[bytes], url: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"uvicorn exited with {process.returncode}")
+        try:
+            httpx.get(url + "/events/", timeout=1)
+        except httpx.TransportError:
+            time.sleep(0.05)
+        else:
+            return
+    raise RuntimeError(f"uvicorn did not serve {url} within 30 s")
