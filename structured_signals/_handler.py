@@ -78,13 +78,21 @@ class StructuredASGIHandler(ASGIHandler):
         `request_finished`. A disconnect cancels the view, as in Django.
         """
         response = None
-        sent = False
         try:
             async with TaskGroup() as group:
                 listener = group.create_task(listen_for_disconnect(self, receive))
+
+                async def send_until_complete(message: Mapping[str, Any]) -> None:
+                    await send(message)
+                    # Once the last body chunk is out the response is complete:
+                    # a disconnect now must not cancel what follows (Django 4.2's
+                    # send_response() then closes the response, sending
+                    # request_finished).
+                    if message["type"] == "http.response.body" and not message.get("more_body"):
+                        listener.cancel()
+
                 response = await run_get_response(self, request)
-                await self.send_response(response, send)
-                sent = True
+                await self.send_response(response, send_until_complete)
                 listener.cancel()
         except BaseExceptionGroup as errors:
             _, unexpected = errors.split(RequestAborted)
@@ -92,18 +100,7 @@ class StructuredASGIHandler(ASGIHandler):
                 if len(unexpected.exceptions) == 1:
                     raise unexpected.exceptions[0]  # noqa: B904 -- the one error, itself
                 raise unexpected from None
-        if response is not None and not sent:
-            # The disconnect cancelled send_response(), but not the sync work
-            # it started in the request's thread (Django 4.2 closes the
-            # response there, sending request_finished, which may await the
-            # loop): let it finish before ThreadSensitiveContext shuts that
-            # thread down, blocking the loop.
-            await sync_to_async(_nothing)()
         return response
-
-
-def _nothing() -> None:
-    pass
 
 
 async def _close(response: HttpResponseBase) -> None:

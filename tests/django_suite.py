@@ -44,6 +44,7 @@ def main(tests_dir: str, labels: list[str]) -> None:
         if not isinstance(signal, StructuredSignal):
             raise SystemExit(f"{signal!r} is not a StructuredSignal: the swap came too late")
 
+    tests_dir = os.path.abspath(tests_dir)
     os.chdir(tests_dir)
     sys.path.insert(0, tests_dir)
     sys.argv = ["runtests.py", "--parallel=1", *labels]
