@@ -17,11 +17,11 @@ from asgiref.sync import AsyncToSync, SyncToAsync
 from asgiref.sync import iscoroutinefunction as asgiref_iscoroutinefunction
 
 if sys.version_info >= (3, 11):
-    from asyncio import TaskGroup
+    from asyncio import TaskGroup, timeout_at
     from builtins import BaseExceptionGroup
 else:
     from exceptiongroup import BaseExceptionGroup
-    from taskgroup import TaskGroup
+    from taskgroup import TaskGroup, timeout_at
 
 if TYPE_CHECKING:
     from django.core.handlers.asgi import ASGIHandler
@@ -40,6 +40,7 @@ __all__ = (
     "rehomed",
     "run_get_response",
     "script_prefix",
+    "timeout_at",
 )
 
 Receiver = Callable[..., Any]

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from asgiref.sync import async_to_sync, sync_to_async
 
-from structured_signals._compat import BaseExceptionGroup, TaskGroup, asgiref_carrier, rehomed
+from structured_signals._compat import (
+    BaseExceptionGroup,
+    TaskGroup,
+    asgiref_carrier,
+    rehomed,
+    timeout_at,
+)
 from structured_signals._context import OnConflict, Writer, apply, merge
 
 if TYPE_CHECKING:
@@ -57,6 +63,7 @@ class Dispatch:
         robust: bool,
         context: ContextMode,
         on_conflict: OnConflict,
+        timeout: float | None,
     ) -> None:
         self.signal = signal
         self.sender = sender
@@ -64,6 +71,7 @@ class Dispatch:
         self.robust = robust
         self.isolated = context == "isolated"
         self.on_conflict = on_conflict
+        self.timeout = timeout
         # Invariant: `base` is never entered, so it stays the caller's context
         # as it was when the dispatch began; every receiver context is a copy.
         self.base = contextvars.copy_context()
@@ -116,11 +124,20 @@ class Dispatch:
         # makes eager dispatch fail exactly as lazy dispatch does.
         populating = True
 
+        # Sync receivers cannot be interrupted: the timeout bounds the async
+        # ones, each on its own when robust (its TimeoutError is its response),
+        # all together otherwise (one TimeoutError for the dispatch).
+        deadline = (
+            None if self.timeout is None else asyncio.get_running_loop().time() + self.timeout
+        )
+        each_deadline, group_deadline = (deadline, None) if self.robust else (None, deadline)
+
         async def call(index: int, receiver: Receiver) -> None:
             try:
-                outcomes[index] = await receiver(
-                    signal=self.signal, sender=self.sender, **self.named
-                )
+                async with timeout_at(each_deadline):
+                    outcomes[index] = await receiver(
+                        signal=self.signal, sender=self.sender, **self.named
+                    )
             except BaseException as err:
                 if self.robust and isinstance(err, Exception):
                     self._log_failure(receiver, err)
@@ -132,7 +149,7 @@ class Dispatch:
                 raise
 
         try:
-            async with TaskGroup() as group:
+            async with timeout_at(group_deadline), TaskGroup() as group:
                 for index, (receiver, context) in enumerate(zip(receivers, contexts)):
                     group.create_task(call(index, receiver), context=context)
                 populating = False

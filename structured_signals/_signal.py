@@ -19,6 +19,28 @@ _CONTEXT_MODES: tuple[str, ...] = get_args(ContextMode)
 _CONFLICT_POLICIES = ("raise", "first", "last")
 
 
+def _check_options(context: object, on_conflict: object, timeout: object) -> None:
+    """Raise ValueError, saying what to pass instead, for an unknown option value."""
+    if context not in _CONTEXT_MODES:
+        raise ValueError(
+            f"StructuredSignal(context={context!r}) is not a context mode: "
+            f"use one of {', '.join(map(repr, _CONTEXT_MODES))}."
+        )
+    if not callable(on_conflict) and on_conflict not in _CONFLICT_POLICIES:
+        raise ValueError(
+            f"StructuredSignal(on_conflict={on_conflict!r}) is not a conflict policy: "
+            f"use one of {', '.join(map(repr, _CONFLICT_POLICIES))}, or a callable "
+            "that takes the Conflict and returns the value to keep."
+        )
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+    ):
+        raise ValueError(
+            f"StructuredSignal(timeout={timeout!r}) is not a timeout: use None (no "
+            "timeout) or the number of seconds the async receivers may take, above 0."
+        )
+
+
 class StructuredSignal(Signal):
     """A `django.dispatch.Signal` whose receivers' context writes reach the caller.
 
@@ -33,7 +55,10 @@ class StructuredSignal(Signal):
     variable is a conflict, settled by `on_conflict`: "raise" (raise
     ContextConflictError), "first" or "last" (the first or last writer in
     connection order, the caller counting first), or a callable that receives
-    the Conflict and returns the value to keep.
+    the Conflict and returns the value to keep. `timeout` (seconds) bounds the
+    async receivers: past it they are cancelled and the dispatch raises
+    TimeoutError, merging nothing (robust variants: TimeoutError becomes the
+    response of each receiver that had not finished).
     """
 
     def __init__(
@@ -42,24 +67,18 @@ class StructuredSignal(Signal):
         *,
         context: ContextMode = "shared",
         on_conflict: OnConflict = "raise",
+        timeout: float | None = None,
     ) -> None:
         super().__init__(use_caching=use_caching)
-        self._configure(context, on_conflict)
+        self._configure(context, on_conflict, timeout)
 
-    def _configure(self, context: ContextMode, on_conflict: OnConflict) -> None:
-        if context not in _CONTEXT_MODES:
-            raise ValueError(
-                f"StructuredSignal(context={context!r}) is not a context mode: "
-                f"use one of {', '.join(map(repr, _CONTEXT_MODES))}."
-            )
-        if not callable(on_conflict) and on_conflict not in _CONFLICT_POLICIES:
-            raise ValueError(
-                f"StructuredSignal(on_conflict={on_conflict!r}) is not a conflict policy: "
-                f"use one of {', '.join(map(repr, _CONFLICT_POLICIES))}, or a callable "
-                "that takes the Conflict and returns the value to keep."
-            )
+    def _configure(
+        self, context: ContextMode, on_conflict: OnConflict, timeout: float | None
+    ) -> None:
+        _check_options(context, on_conflict, timeout)
         self.context = context
         self.on_conflict = on_conflict
+        self.timeout = timeout
 
     def send(self, sender: Any, **named: Any) -> Responses:
         """Send the signal from sync code; async receivers run via async_to_sync.
@@ -117,6 +136,7 @@ class StructuredSignal(Signal):
             robust=robust,
             context=self.context,
             on_conflict=self.on_conflict,
+            timeout=self.timeout,
         )
 
 
@@ -125,6 +145,7 @@ def upgrade(
     *,
     context: ContextMode = "shared",
     on_conflict: OnConflict = "raise",
+    timeout: float | None = None,
 ) -> StructuredSignal:
     """Make `signal`, a plain `Signal`, structured in place and return it.
 
@@ -139,7 +160,8 @@ def upgrade(
             f"upgrade() takes a django.dispatch.Signal, not a {type(signal).__qualname__}: "
             "create it as a StructuredSignal instead."
         )
+    _check_options(context, on_conflict, timeout)
     signal.__class__ = StructuredSignal
     assert isinstance(signal, StructuredSignal)
-    signal._configure(context, on_conflict)
+    signal._configure(context, on_conflict, timeout)
     return signal

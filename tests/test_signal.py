@@ -307,6 +307,7 @@ def test_a_dispatch_that_raises_merges_nothing(
         with pytest.raises(ReceiverError):
             await signal.asend(sender=None)
         assert_context_is(before)
+        assert asyncio.all_tasks() == {asyncio.current_task()}
 
     def sync_caller() -> None:
         before = prepare()
@@ -890,3 +891,78 @@ def test_djangos_own_signal_keeps_async_receiver_writes_only_from_django_6_1(run
         return request_id.get("<lost>")
 
     assert run(caller()) == ("req-1" if django.VERSION >= (6, 1) else "<lost>")
+
+
+@pytest.mark.parametrize("timeout", [0, -1, True, "1", float("nan")])
+def test_a_timeout_that_is_not_a_positive_number_raises_value_error(timeout: Any) -> None:
+    with pytest.raises(ValueError, match="use None"):
+        StructuredSignal(timeout=timeout)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", ["send", "asend"])
+def test_a_dispatch_past_its_timeout_cancels_its_receivers_merges_nothing_and_raises(
+    run: Runner, method: str, mode: str
+) -> None:
+    signal = StructuredSignal(context=mode, timeout=0.05)  # type: ignore[arg-type]
+    cancelled: list[str] = []
+
+    def sync_receiver(**kwargs: Any) -> None:
+        request_id.set("sync")
+
+    async def fast(**kwargs: Any) -> None:
+        user.set("fast")
+
+    async def slow(**kwargs: Any) -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.append("slow")
+            raise
+
+    for connected in (sync_receiver, fast, slow):
+        signal.connect(connected)
+
+    async def async_caller() -> None:
+        before = snapshot()
+        with pytest.raises(TimeoutError):
+            await signal.asend(sender=None)
+        assert_context_is(before)
+
+    def sync_caller() -> None:
+        before = snapshot()
+        with pytest.raises(TimeoutError):
+            signal.send(sender=None)
+        assert_context_is(before)
+
+    if method == "asend":
+        run(async_caller())
+    else:
+        in_plain_thread(sync_caller)
+    assert cancelled == ["slow"]
+
+
+@pytest.mark.parametrize("method", ["send_robust", "asend_robust"])
+def test_a_robust_dispatch_past_its_timeout_answers_timeout_error_for_unfinished_receivers(
+    run: Runner, method: str
+) -> None:
+    signal = StructuredSignal(context="isolated", timeout=0.05)
+
+    async def fast(**kwargs: Any) -> str:
+        user.set("fast")
+        return "done"
+
+    async def slow(**kwargs: Any) -> str:
+        request_id.set("slow, before the timeout")
+        await asyncio.sleep(10)
+        return "never"
+
+    signal.connect(fast)
+    signal.connect(slow)
+    responses, seen = dispatch_and_read(
+        run, signal, method, lambda: (user.get(None), request_id.get(None))
+    )
+    assert responses[0] == (fast, "done")
+    assert responses[1][0] is slow
+    assert isinstance(responses[1][1], TimeoutError)
+    assert seen == ("fast", None)
