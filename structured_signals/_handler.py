@@ -19,6 +19,7 @@ from structured_signals._compat import (
     run_get_response,
     script_prefix,
 )
+from structured_signals._integration import options
 from structured_signals._signal import upgrade
 
 if TYPE_CHECKING:
@@ -44,8 +45,8 @@ class StructuredASGIHandler(ASGIHandler):
         super().__init__()
         # Django sends these from places no subclass reaches (HttpResponse.close()
         # sends request_finished), so the signal objects themselves are upgraded.
-        upgrade(signals.request_started)
-        upgrade(signals.request_finished)
+        upgrade(signals.request_started, **options())
+        upgrade(signals.request_finished, **options())
 
     async def handle(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         """Serve one HTTP request: read it, dispatch it, respond, finish it."""

@@ -147,21 +147,44 @@ def upgrade(
     on_conflict: OnConflict = "raise",
     timeout: float | None = None,
 ) -> StructuredSignal:
-    """Make `signal`, a plain `Signal`, structured in place and return it.
+    """Make `signal` structured in place and return it.
 
     The object, its receivers and its caches stay as they are, so every module
     that imported it (Django's own senders too) dispatches the structured way.
-    A signal that is already structured is returned unchanged.
+    A subclass of Signal (Django's ModelSignal) keeps its own methods: the
+    signal becomes an instance of a subclass of both. A signal that is
+    already structured is returned unchanged.
     """
     if isinstance(signal, StructuredSignal):
         return signal
-    if type(signal) is not Signal:
-        raise TypeError(
-            f"upgrade() takes a django.dispatch.Signal, not a {type(signal).__qualname__}: "
-            "create it as a StructuredSignal instead."
-        )
     _check_options(context, on_conflict, timeout)
-    signal.__class__ = StructuredSignal
+    signal.__class__ = _structured_class(type(signal))
     assert isinstance(signal, StructuredSignal)
     signal._configure(context, on_conflict, timeout)
     return signal
+
+
+_DISPATCH_METHODS = ("send", "send_robust", "asend", "asend_robust")
+# Invariant: maps a Signal subclass to its structured subclass, made once.
+_structured_classes: dict[type[Signal], type[StructuredSignal]] = {Signal: StructuredSignal}
+
+
+def _structured_class(cls: type[Signal]) -> type[StructuredSignal]:
+    structured = _structured_classes.get(cls)
+    if structured is not None:
+        return structured
+    overridden = [
+        name
+        for name in _DISPATCH_METHODS
+        if getattr(cls, name, None) is not getattr(Signal, name, None)
+    ]
+    if overridden:
+        raise TypeError(
+            f"{cls.__qualname__} overrides {', '.join(overridden)}, which a structured "
+            "signal replaces: make it subclass StructuredSignal instead of upgrading it."
+        )
+    structured = type(
+        f"Structured{cls.__name__}", (StructuredSignal, cls), {"__module__": cls.__module__}
+    )
+    _structured_classes[cls] = structured
+    return structured

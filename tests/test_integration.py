@@ -1,0 +1,110 @@
+"""INSTALLED_APPS integration, in a real project with a SQLite file (tests/shop)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TESTS_DIR = Path(__file__).parent
+
+
+def scenario(
+    tmp_path: Path, name: str, structured_signals: object = None, asgi: str = "structured"
+) -> dict[str, Any]:
+    """Run `python -m shop.scenarios NAME` in a fresh process; its JSON outcome."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "shop.settings",
+        "PYTHONPATH": str(TESTS_DIR),
+        "SHOP_DB": str(tmp_path / "shop.sqlite3"),
+        "SHOP_ASGI": asgi,
+        "SHOP_STRUCTURED_SIGNALS": json.dumps(
+            {} if structured_signals is None else structured_signals
+        ),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "shop.scenarios", name],
+        cwd=TESTS_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    outcome: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    return outcome
+
+
+def test_asave_fires_post_save_whose_async_receivers_write_reaches_the_caller(
+    tmp_path: Path,
+) -> None:
+    assert scenario(tmp_path, "asave") == {"last_saved": "espresso", "rows": 1}
+
+
+def test_the_app_upgrades_djangos_builtin_signals_in_place(tmp_path: Path) -> None:
+    outcome = scenario(tmp_path, "signals")
+    assert all(outcome["structured"].values()), outcome["structured"]
+    assert outcome["post_save_is_model_signal"] is True
+    assert outcome["post_save_context"] == "shared"
+
+
+def test_signals_of_the_project_and_signals_created_later_stay_djangos(tmp_path: Path) -> None:
+    outcome = scenario(tmp_path, "signals")
+    assert outcome["project_signal_structured"] is False
+    assert outcome["later_signal_structured"] is False
+
+
+def test_upgrade_all_upgrades_every_signal_that_exists_when_the_app_is_ready(
+    tmp_path: Path,
+) -> None:
+    outcome = scenario(tmp_path, "signals", {"upgrade_all": True})
+    assert outcome["project_signal_structured"] is True
+    assert outcome["later_signal_structured"] is False
+
+
+def test_settings_set_the_options_of_the_upgraded_signals(tmp_path: Path) -> None:
+    outcome = scenario(tmp_path, "signals", {"context": "isolated", "timeout": 2.5})
+    assert outcome["post_save_context"] == "isolated"
+    assert outcome["post_save_timeout"] == 2.5
+
+
+def test_check_is_silent_for_valid_settings_and_the_structured_handler(tmp_path: Path) -> None:
+    outcome = scenario(tmp_path, "check", {"context": "isolated", "on_conflict": "last"})
+    assert outcome["failed"] is False
+    assert "structured_signals" not in outcome["output"]
+
+
+@pytest.mark.parametrize(
+    ("setting", "check_id", "hint"),
+    [
+        (["context"], "structured_signals.E001", "must be a dict"),
+        ({"contxt": "isolated"}, "structured_signals.E002", "Use only 'context'"),
+        ({"context": "private"}, "structured_signals.E003", '"shared" (the default)'),
+        ({"on_conflict": "newest"}, "structured_signals.E004", '"raise" (the default)'),
+        ({"timeout": -1}, "structured_signals.E005", "None (the default)"),
+        ({"upgrade_all": "yes"}, "structured_signals.E006", "True upgrades every Signal"),
+    ],
+)
+def test_check_reports_invalid_settings_with_an_id_and_a_hint_instead_of_crashing(
+    tmp_path: Path, setting: object, check_id: str, hint: str
+) -> None:
+    outcome = scenario(tmp_path, "check", setting)
+    assert outcome["failed"] is True
+    assert check_id in outcome["output"]
+    assert hint in outcome["output"]
+
+
+def test_check_warns_when_the_project_serves_asgi_with_djangos_stock_handler(
+    tmp_path: Path,
+) -> None:
+    outcome = scenario(tmp_path, "check", asgi="stock")
+    assert outcome["failed"] is False
+    assert "structured_signals.W001" in outcome["output"]
+    assert "import get_asgi_application from structured_signals.asgi" in outcome["output"]
