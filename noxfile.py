@@ -1,4 +1,4 @@
-"""Sessions: lint, typing, build, tests and django_tests (the matrix), demo."""
+"""Sessions: lint, typing, build, tests and django_tests (the matrix); demo, soak."""
 
 from __future__ import annotations
 
@@ -155,3 +155,11 @@ def demo(session: nox.Session) -> None:
     """Show, side by side, what Django's own handler and signals lose and we keep."""
     session.install(".", _django_requirement(DEMO_DJANGO), "uvicorn", "httpx")
     session.run("python", str(ROOT / "demo" / "ticket_36714.py"))
+
+
+@nox.session(python=DEMO_PYTHON)
+def soak(session: nox.Session) -> None:
+    """Soak: a million dispatches per mode (memory), 20,000 requests under uvicorn."""
+    session.install(".", _django_requirement(DEMO_DJANGO), "uvicorn", "httpx")
+    session.run("python", "benchmarks/memory.py", "--dispatches", "1000000")
+    session.run("python", "benchmarks/soak.py", "--requests", "20000", "--connections", "64")

@@ -155,7 +155,8 @@ LOST = "- (lost)"
 
 def lifecycle(handler: str) -> list[str]:
     """What each stage of three real requests saw, served with `handler`."""
-    with uvicorn(handler) as url:
+    with uvicorn(handler) as served:
+        url = served.url
         view = httpx.get(f"{url}/connection/", headers={"X-Request-Id": "req-1"}).json()
         request_with_disconnect(url, "req-2")
         events = wait_for_finished(url, ["req-1", "req-2"])

@@ -7,6 +7,6 @@ package does not import.
 from __future__ import annotations
 
 from structured_signals._context import MISSING, Conflict, ContextConflictError
-from structured_signals._signal import StructuredSignal
+from structured_signals._signal import StructuredSignal, upgrade
 
-__all__ = ("MISSING", "Conflict", "ContextConflictError", "StructuredSignal")
+__all__ = ("MISSING", "Conflict", "ContextConflictError", "StructuredSignal", "upgrade")

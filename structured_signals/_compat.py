@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextvars
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ __all__ = (
     "BaseExceptionGroup",
     "TaskGroup",
     "asgiref_carrier",
+    "is_connected",
     "listen_for_disconnect",
     "live_receivers",
     "local_attributes",
@@ -61,6 +63,19 @@ def live_receivers(signal: Signal, sender: Any) -> tuple[list[Receiver], list[Re
         [r for r in receivers if not asgiref_iscoroutinefunction(r)],
         [r for r in receivers if asgiref_iscoroutinefunction(r)],
     )
+
+
+def is_connected(signal: Signal, receiver: Receiver) -> bool:
+    """Whether `receiver` is still among `signal`'s receivers."""
+    # Every Django keeps (lookup_key, receiver or weak reference, ...) tuples.
+    with signal.lock:
+        for entry in signal.receivers:
+            target = entry[1]
+            if isinstance(target, weakref.ReferenceType):
+                target = target()
+            if target is receiver:
+                return True
+    return False
 
 
 # asgiref.local.Local keeps every attribute of one Local in ONE ContextVar.

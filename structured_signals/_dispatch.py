@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
@@ -22,6 +23,7 @@ from structured_signals._compat import (
     BaseExceptionGroup,
     TaskGroup,
     asgiref_carrier,
+    is_connected,
     rehomed,
     timeout_at,
 )
@@ -72,6 +74,7 @@ class Dispatch:
         self.isolated = context == "isolated"
         self.on_conflict = on_conflict
         self.timeout = timeout
+        self.disconnections: int = getattr(signal, "_disconnections", 0)
         # Invariant: `base` is never entered, so it stays the caller's context
         # as it was when the dispatch began; every receiver context is a copy.
         self.base = contextvars.copy_context()
@@ -84,12 +87,17 @@ class Dispatch:
         """Run sync receivers here, in order, each seeing the previous one's writes."""
         context = rehomed(self.base)
         for receiver in receivers:
+            if not self._still_connected(receiver):
+                continue
             attempt = context.copy()
             try:
                 response = attempt.run(
                     receiver, signal=self.signal, sender=self.sender, **self.named
                 )
-            except Exception as err:
+                if inspect.isawaitable(response):
+                    raise _awaitable_from_sync_receiver(receiver, response)
+            except (Exception, asyncio.CancelledError) as err:
+                # A sync receiver's CancelledError is its own: nothing cancels a thread.
                 if not self.robust:
                     raise
                 self._log_failure(receiver, err)
@@ -116,6 +124,7 @@ class Dispatch:
         contexts = [shared if not self.isolated else start.copy() for _ in receivers]
         outcomes: list[Any] = [None] * len(receivers)
         failed = [False] * len(receivers)
+        skipped = [False] * len(receivers)
         # Invariant: while `populating`, no receiver's task ends in an error.
         # An eager task (3.12+ eager_task_factory) failing inside create_task
         # makes the TaskGroup cancel the caller before `__aexit__` can absorb
@@ -133,30 +142,44 @@ class Dispatch:
         each_deadline, group_deadline = (deadline, None) if self.robust else (None, deadline)
 
         async def call(index: int, receiver: Receiver) -> None:
+            if not self._still_connected(receiver):
+                skipped[index] = True
+                return
             try:
                 async with timeout_at(each_deadline):
                     outcomes[index] = await receiver(
                         signal=self.signal, sender=self.sender, **self.named
                     )
-            except BaseException as err:
-                if self.robust and isinstance(err, Exception):
+            except BaseException as err:  # noqa: BLE001 -- sorted out below, re-raised
+                own_cancel = (
+                    isinstance(err, asyncio.CancelledError) and not _cancelled_from_outside()
+                )
+                if self.robust and (own_cancel or isinstance(err, Exception)):
                     self._log_failure(receiver, err)
                     outcomes[index] = err
                     failed[index] = True
                     return
                 if populating:
                     await asyncio.sleep(0)
-                raise
+                # The TaskGroup would take a receiver's own CancelledError for
+                # the receiver being cancelled, and go on without a word.
+                raise _ReceiverCancelled(err) if own_cancel else err  # noqa: B904
 
         try:
             async with timeout_at(group_deadline), TaskGroup() as group:
                 for index, (receiver, context) in enumerate(zip(receivers, contexts)):
                     group.create_task(call(index, receiver), context=context)
                 populating = False
-        except BaseExceptionGroup as errors:
-            if len(errors.exceptions) == 1:
-                raise errors.exceptions[0]  # noqa: B904 -- as Django 6.1: the one error, itself
-            raise
+        except BaseExceptionGroup as group_error:
+            errors = [_unwrapped(error) for error in group_error.exceptions]
+            if len(errors) == 1:
+                raise errors[0] from None
+            raise BaseExceptionGroup("errors raised by receivers", errors) from None
+        kept = [index for index, skip in enumerate(skipped) if not skip]
+        receivers = [receivers[index] for index in kept]
+        outcomes = [outcomes[index] for index in kept]
+        contexts = [contexts[index] for index in kept]
+        failed = [failed[index] for index in kept]
         self.responses.extend(zip(receivers, outcomes))
         if self.isolated:
             self.async_writers = [
@@ -185,13 +208,46 @@ class Dispatch:
             )
         )
 
-    def _log_failure(self, receiver: Receiver, err: Exception) -> None:
+    def _still_connected(self, receiver: Receiver) -> bool:
+        """False once `receiver`'s disconnect() has returned, even mid-dispatch."""
+        disconnections: int = getattr(self.signal, "_disconnections", 0)
+        return disconnections == self.disconnections or is_connected(self.signal, receiver)
+
+    def _log_failure(self, receiver: Receiver, err: BaseException) -> None:
         logger.error(
             "Error calling %s in Signal.send_robust() (%s)",
             _qualname(receiver),
             err,
             exc_info=err,
         )
+
+
+class _ReceiverCancelled(Exception):
+    """Carries a receiver's own CancelledError through the TaskGroup."""
+
+    def __init__(self, cancelled: BaseException) -> None:
+        super().__init__(cancelled)
+        self.cancelled = cancelled
+
+
+def _unwrapped(error: BaseException) -> BaseException:
+    return error.cancelled if isinstance(error, _ReceiverCancelled) else error
+
+
+def _cancelled_from_outside() -> bool:
+    """Whether the current task is being cancelled (by the group, the caller, a timeout)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _awaitable_from_sync_receiver(receiver: Receiver, response: Any) -> TypeError:
+    if inspect.iscoroutine(response):
+        response.close()  # it will never run: no "was never awaited" warning
+    return TypeError(
+        f"{describe(receiver)} was connected as a sync receiver but returned "
+        f"{type(response).__name__}, an awaitable the signal would never await. "
+        "Define it with 'async def', or mark it with asgiref.sync.markcoroutinefunction()."
+    )
 
 
 class _InContext(Generic[_T]):

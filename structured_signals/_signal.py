@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import TYPE_CHECKING, Any, get_args
 
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.dispatch import Signal
 from django.dispatch.dispatcher import NO_RECEIVERS
 
@@ -11,6 +13,8 @@ from structured_signals._compat import live_receivers
 from structured_signals._dispatch import ContextMode, Dispatch, Responses
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from structured_signals._context import OnConflict
 
 __all__ = ("StructuredSignal", "upgrade")
@@ -80,6 +84,34 @@ class StructuredSignal(Signal):
         self.on_conflict = on_conflict
         self.timeout = timeout
 
+    # Invariant: bumped by every disconnect() that removed a receiver, before
+    # it returns, so that a dispatch under way can tell it must check again.
+    _disconnections = 0
+
+    def connect(self, receiver: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Connect `receiver`, as Django does, but refuse a non-callable always.
+
+        An object whose `__call__` is `async def` is marked as a coroutine
+        function, so that it is awaited rather than called in a thread. The
+        other arguments go on unchanged (ModelSignal adds `apps`).
+        """
+        if not callable(receiver):
+            raise TypeError(
+                f"Signal receivers must be callable. {receiver!r} is a "
+                f"{type(receiver).__qualname__}: connect a function, a method or an "
+                "object with a __call__ method."
+            )
+        if _calls_async(receiver):
+            markcoroutinefunction(receiver)
+        super().connect(receiver, *args, **kwargs)
+
+    def disconnect(self, *args: Any, **kwargs: Any) -> bool:
+        """Disconnect as Django does; a dispatch under way then skips the receiver."""
+        disconnected: bool = super().disconnect(*args, **kwargs)
+        if disconnected:
+            self._disconnections += 1
+        return disconnected
+
     def send(self, sender: Any, **named: Any) -> Responses:
         """Send the signal from sync code; async receivers run via async_to_sync.
 
@@ -138,6 +170,15 @@ class StructuredSignal(Signal):
             on_conflict=self.on_conflict,
             timeout=self.timeout,
         )
+
+
+def _calls_async(receiver: Callable[..., Any]) -> bool:
+    """An object whose __call__ is `async def`, which iscoroutinefunction misses."""
+    return (
+        not inspect.isroutine(receiver)
+        and not iscoroutinefunction(receiver)
+        and inspect.iscoroutinefunction(type(receiver).__call__)
+    )
 
 
 def upgrade(

@@ -38,10 +38,32 @@ def runner(new_loop: Callable[[], asyncio.AbstractEventLoop]) -> Runner:
         try:
             return loop.run_until_complete(coroutine)
         finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
+            try:
+                _cancel_pending_tasks(loop)
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
 
     return run
+
+
+def _cancel_pending_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is left, as asyncio.run() does.
+
+    A KeyboardInterrupt or SystemExit raised in a task leaves the loop at once
+    (asyncio re-raises them), with the other tasks pending; finishing those
+    can raise it once more.
+    """
+    for _ in range(10):
+        pending = asyncio.all_tasks(loop)
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        try:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        except (KeyboardInterrupt, SystemExit):
+            continue
 
 
 def in_plain_thread(function: Callable[[], T]) -> T:

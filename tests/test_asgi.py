@@ -88,15 +88,15 @@ class Server:
 def server(request: pytest.FixtureRequest) -> Iterator[Server]:
     """The StructuredASGIHandler on each loop, and Django's own handler."""
     handler, loop = request.param
-    with uvicorn(handler, loop) as url:
-        yield Server(handler, url)
+    with uvicorn(handler, loop) as served:
+        yield Server(handler, served.url)
 
 
 @pytest.fixture(scope="module", params=["asyncio", "uvloop"])
 def structured_server(request: pytest.FixtureRequest) -> Iterator[Server]:
     """The StructuredASGIHandler on each loop."""
-    with uvicorn("structured", request.param) as url:
-        yield Server("structured", url)
+    with uvicorn("structured", request.param) as served:
+        yield Server("structured", served.url)
 
 
 @pytest.mark.parametrize("path", ["/whoami/", "/whoami-sync/"])

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
+import memory
 import pytest
 from asgiref.local import Local
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import LOOP_FACTORIES, Runner, runner
+from support import LOOP_FACTORIES, Runner, assert_context_is, in_plain_thread, runner, snapshot
 
 from structured_signals import ContextConflictError, StructuredSignal
 from structured_signals._dispatch import describe
@@ -223,3 +225,134 @@ def test_describe_names_functions_and_callable_instances_by_module_and_qualname(
 
     assert describe(function) == f"{__name__}.{function.__qualname__}"
     assert describe(Handler()).endswith("Handler")
+
+
+class ReceiverError(Exception):
+    pass
+
+
+# What each fault does to a dispatch (README, "Reliability"): robust variants
+# answer an Exception, and a receiver's own CancelledError, as its response;
+# everything else propagates, and the caller's context stays as it was.
+FAULTS: dict[str, type[BaseException]] = {
+    "exception": ReceiverError,
+    "own CancelledError": asyncio.CancelledError,
+    "GeneratorExit": GeneratorExit,
+    "KeyboardInterrupt": KeyboardInterrupt,
+    "SystemExit": SystemExit,
+}
+ANSWERED_BY_ROBUST = {"exception", "own CancelledError"}
+written: contextvars.ContextVar[str] = contextvars.ContextVar("written")
+healthy_wrote: contextvars.ContextVar[str] = contextvars.ContextVar("healthy_wrote")
+
+
+def faulty_receiver(kind: str, fault: type[BaseException]) -> Any:
+    def sync_faulty(**kwargs: Any) -> None:
+        written.set("by the faulty receiver")
+        raise fault
+
+    async def async_faulty(**kwargs: Any) -> None:
+        written.set("by the faulty receiver")
+        await asyncio.sleep(0)
+        raise fault
+
+    return sync_faulty if kind == "sync" else async_faulty
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("mode", ["shared", "isolated"])
+@pytest.mark.parametrize("method", ["send", "send_robust", "asend", "asend_robust"])
+def test_each_fault_has_its_documented_outcome_and_a_raising_dispatch_merges_nothing(
+    run: Runner, method: str, mode: str, kind: str, fault: str
+) -> None:
+    signal = StructuredSignal(context=mode)  # type: ignore[arg-type]
+    faulty = faulty_receiver(kind, FAULTS[fault])
+
+    async def healthy(**kwargs: Any) -> str:
+        await asyncio.sleep(0.01)
+        healthy_wrote.set("yes")
+        return "ok"
+
+    signal.connect(faulty)
+    signal.connect(healthy)
+    answered = method.endswith("robust") and fault in ANSWERED_BY_ROBUST
+
+    def check(responses: list[tuple[Any, Any]]) -> None:
+        assert [receiver for receiver, _ in responses] == [faulty, healthy]
+        assert isinstance(responses[0][1], FAULTS[fault])
+        assert responses[1][1] == "ok"
+        assert healthy_wrote.get() == "yes"
+        expected = "by the faulty receiver" if mode == "shared" else None
+        assert written.get(None) == expected
+
+    async def async_caller() -> None:
+        before = snapshot()
+        try:
+            responses = await getattr(signal, method)(sender=None)
+        except BaseException:
+            assert_context_is(before)
+            raise
+        check(responses)
+
+    def sync_caller() -> None:
+        before = snapshot()
+        try:
+            responses = getattr(signal, method)(sender=None)
+        except BaseException:
+            assert_context_is(before)
+            raise
+        check(responses)
+
+    def call() -> None:
+        if method.startswith("a"):
+            run(async_caller())
+        else:
+            in_plain_thread(sync_caller)
+
+    if answered:
+        call()
+    else:
+        with pytest.raises(FAULTS[fault]):
+            call()
+
+
+def test_a_sync_receiver_still_running_when_the_caller_is_cancelled_merges_nothing(
+    run: Runner,
+) -> None:
+    signal = StructuredSignal()
+    started = threading.Event()
+
+    def slow(**kwargs: Any) -> None:
+        written.set("by the slow receiver")
+        started.set()
+        time.sleep(0.1)
+
+    signal.connect(slow)
+
+    async def caller() -> None:
+        before = snapshot()
+        try:
+            await signal.asend(sender=None)
+        except asyncio.CancelledError:
+            assert_context_is(before)
+            raise
+
+    async def main() -> None:
+        task = asyncio.ensure_future(caller())
+        while not started.is_set():
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(main())
+
+
+@pytest.mark.parametrize("mode", ["shared", "isolated"])
+def test_dispatches_keep_no_context_task_or_receiver_frame_alive_nor_grow_memory(mode: str) -> None:
+    report = memory.measure(3_000, mode)
+    assert report.contexts_left == 0
+    assert report.tasks_left == 0
+    assert report.receiver_frames_left == 0
+    assert report.grown_bytes < memory.LIMIT

@@ -6,6 +6,7 @@ import asyncio
 import contextvars
 import gc
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 import django
@@ -15,7 +16,7 @@ from django import dispatch
 from django.dispatch import receiver
 from support import Bomb, Flag, Runner, assert_context_is, in_plain_thread, snapshot
 
-from structured_signals import MISSING, Conflict, ContextConflictError, StructuredSignal
+from structured_signals import MISSING, Conflict, ContextConflictError, StructuredSignal, upgrade
 from structured_signals._compat import BaseExceptionGroup
 
 if TYPE_CHECKING:
@@ -966,3 +967,240 @@ def test_a_robust_dispatch_past_its_timeout_answers_timeout_error_for_unfinished
     assert responses[1][0] is slow
     assert isinstance(responses[1][1], TimeoutError)
     assert seen == ("fast", None)
+
+
+def test_upgrade_makes_a_django_signal_structured_in_place_keeping_its_receivers(
+    run: Runner,
+) -> None:
+    signal = dispatch.Signal()
+
+    async def set_request_id(**kwargs: Any) -> None:
+        request_id.set("req-1")
+
+    signal.connect(set_request_id)
+    upgraded = upgrade(signal, context="isolated")
+    assert upgraded is signal
+    assert isinstance(signal, StructuredSignal)
+    assert upgraded.context == "isolated"
+    _, seen = dispatch_and_read(run, upgraded, "asend", request_id.get)
+    assert seen == "req-1"
+
+
+def test_upgrade_keeps_a_signal_subclass_and_its_own_arguments() -> None:
+    from django.apps import apps
+    from django.db.models.signals import ModelSignal
+
+    signal = ModelSignal(use_caching=True)
+
+    class Sender:
+        pass
+
+    def on_save(**kwargs: Any) -> str:
+        return "saved"
+
+    upgraded = upgrade(signal)
+    assert type(upgrade(ModelSignal())) is type(upgraded)
+    kind: type = type(upgraded)
+    assert issubclass(kind, ModelSignal)
+    upgraded.connect(on_save, sender=Sender, apps=apps)
+    assert upgraded.send(sender=Sender) == [(on_save, "saved")]
+    assert upgraded.disconnect(on_save, sender=Sender, apps=apps)
+
+
+def test_upgrade_refuses_a_subclass_with_its_own_dispatch_and_leaves_it_untouched() -> None:
+    class Custom(dispatch.Signal):
+        def send(self, sender: Any, **named: Any) -> list[tuple[Any, Any]]:
+            return []
+
+    signal = Custom()
+    with pytest.raises(TypeError, match="subclass StructuredSignal instead"):
+        upgrade(signal)
+    assert type(signal) is Custom
+
+
+def test_upgrade_with_an_unknown_option_raises_and_leaves_the_signal_untouched() -> None:
+    signal = dispatch.Signal()
+    with pytest.raises(ValueError, match="'shared', 'isolated'"):
+        upgrade(signal, context="private")  # type: ignore[arg-type]
+    assert type(signal) is dispatch.Signal
+
+
+def test_connecting_a_non_callable_raises_type_error_saying_what_to_connect() -> None:
+    signal = StructuredSignal()
+    with pytest.raises(TypeError, match="connect a function, a method or an object"):
+        signal.connect(42)  # type: ignore[arg-type]
+    assert signal.receivers == []
+
+
+def test_a_receiver_without_kwargs_is_refused_under_debug_as_django_does() -> None:
+    from django.test import override_settings
+
+    signal = StructuredSignal()
+
+    def no_kwargs(sender: Any) -> None:
+        pass
+
+    with override_settings(DEBUG=True), pytest.raises(ValueError, match=r"\*\*kwargs"):
+        signal.connect(no_kwargs)
+    assert signal.receivers == []
+
+
+class AsyncCallable:
+    """An async receiver that iscoroutinefunction() does not recognise."""
+
+    async def __call__(self, **kwargs: Any) -> str:
+        await asyncio.sleep(0)
+        user.set("set by an async __call__")
+        return "awaited"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_object_with_an_async_call_method_is_awaited_as_an_async_receiver(
+    run: Runner, method: str
+) -> None:
+    signal = StructuredSignal()
+    handler = AsyncCallable()
+    signal.connect(handler)
+    responses, seen = dispatch_and_read(run, signal, method, user.get)
+    assert responses == [(handler, "awaited")]
+    assert seen == "set by an async __call__"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_sync_receiver_that_returns_an_awaitable_gets_a_clear_error_naming_it(
+    run: Runner, method: str
+) -> None:
+    signal = StructuredSignal()
+
+    def forgot_async(**kwargs: Any) -> Any:
+        return asyncio.sleep(0)
+
+    signal.connect(forgot_async)
+    if method.endswith("robust"):
+        responses, _ = dispatch_and_read(run, signal, method, lambda: None)
+        ((_, error),) = responses
+    else:
+        with pytest.raises(TypeError) as raised:
+            dispatch_and_read(run, signal, method, lambda: None)
+        error = raised.value
+    assert isinstance(error, TypeError)
+    assert "forgot_async" in str(error)
+    assert "async def" in str(error)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", METHODS)
+def test_a_receiver_disconnected_during_a_dispatch_is_not_called_after_disconnect_returned(
+    run: Runner, method: str, mode: str
+) -> None:
+    signal = StructuredSignal(context=mode)  # type: ignore[arg-type]
+    called: list[str] = []
+
+    def sync_disconnects_the_others(**kwargs: Any) -> None:
+        called.append("first")
+        assert signal.disconnect(sync_victim)
+        assert signal.disconnect(async_victim)
+
+    def sync_victim(**kwargs: Any) -> None:
+        called.append("sync victim")
+
+    async def async_victim(**kwargs: Any) -> None:
+        called.append("async victim")
+
+    for connected in (sync_disconnects_the_others, sync_victim, async_victim):
+        signal.connect(connected)
+    responses, _ = dispatch_and_read(run, signal, method, lambda: None)
+    assert called == ["first"]
+    assert [receiver for receiver, _ in responses] == [sync_disconnects_the_others]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_receiver_connected_during_a_dispatch_is_called_from_the_next_one(
+    run: Runner, method: str
+) -> None:
+    signal = StructuredSignal()
+    called: list[str] = []
+
+    async def newcomer(**kwargs: Any) -> None:
+        called.append("newcomer")
+
+    async def connects_another_and_leaves(**kwargs: Any) -> None:
+        called.append("host")
+        signal.connect(newcomer)
+        signal.disconnect(connects_another_and_leaves)
+
+    signal.connect(connects_another_and_leaves)
+    dispatch_and_read(run, signal, method, lambda: None)
+    assert called == ["host"]
+    dispatch_and_read(run, signal, method, lambda: None)
+    assert called == ["host", "newcomer"]
+
+
+def test_a_weak_receiver_dropped_during_a_dispatch_finishes_it_and_is_gone_after(
+    run: Runner,
+) -> None:
+    signal = StructuredSignal()
+    holder: dict[str, Any] = {}
+    called: list[str] = []
+
+    async def temporary(**kwargs: Any) -> None:
+        called.append("temporary")
+
+    async def drops_it(**kwargs: Any) -> None:
+        holder.clear()
+        gc.collect()
+
+    holder["receiver"] = temporary
+    signal.connect(temporary)
+    signal.connect(drops_it)
+    del temporary
+    dispatch_and_read(run, signal, "asend", lambda: None)
+    gc.collect()
+    responses, _ = dispatch_and_read(run, signal, "asend", lambda: None)
+    assert [receiver for receiver, _ in responses] == [drops_it]
+    assert called == ["temporary"]
+
+
+def test_connecting_and_disconnecting_from_other_threads_while_dispatching_raises_nothing(
+    run: Runner,
+) -> None:
+    signal = StructuredSignal(use_caching=True)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    class Sender:
+        pass
+
+    def churn() -> None:
+        receivers = []
+        for index in range(200):
+
+            async def receiver_(**kwargs: Any) -> None:
+                request_id.set("churned")
+
+            def sync_receiver(**kwargs: Any) -> None:
+                pass
+
+            receivers.append((receiver_, sync_receiver))
+            signal.connect(receiver_, sender=Sender)
+            signal.connect(sync_receiver, sender=Sender)
+            if index % 2:
+                signal.disconnect(receiver_, sender=Sender)
+            if stop.is_set():
+                break
+
+    async def dispatch_repeatedly() -> None:
+        for _ in range(200):
+            try:
+                await signal.asend(sender=Sender)
+            except BaseException as error:  # noqa: BLE001 -- collected, asserted below
+                errors.append(error)
+
+    churner = threading.Thread(target=churn)
+    churner.start()
+    try:
+        run(dispatch_repeatedly())
+    finally:
+        stop.set()
+        churner.join()
+    assert errors == []

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,9 +20,22 @@ if TYPE_CHECKING:
 PROJECT_PARENT = Path(__file__).parent.parent
 
 
+@dataclass(frozen=True)
+class Served:
+    url: str
+    pid: int
+
+    def resident_bytes(self) -> int:
+        """The server process's resident memory (Linux)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError(f"no VmRSS for process {self.pid}")
+
+
 @contextmanager
-def uvicorn(handler: str, loop: str = "asyncio") -> Iterator[str]:
-    """Yield the URL of uvicorn serving `demo_project.asgi_<handler>` on `loop`.
+def uvicorn(handler: str, loop: str = "asyncio") -> Iterator[Served]:
+    """Serve `demo_project.asgi_<handler>` with uvicorn on 127.0.0.1, on `loop`.
 
     The server is stopped (terminated, then killed after 10 s) on exit.
     """
@@ -39,7 +53,7 @@ def uvicorn(handler: str, loop: str = "asyncio") -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_until_serving(process, url)
-        yield url
+        yield Served(url, process.pid)
     finally:
         process.terminate()
         try:

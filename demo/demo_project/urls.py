@@ -53,8 +53,12 @@ async def wait_for_disconnect(request: HttpRequest) -> JsonResponse:
 
 
 async def events(request: HttpRequest) -> JsonResponse:
+    """Every event so far; with ?take=1 they are also forgotten (for long runs)."""
     with EVENTS_LOCK:
-        return JsonResponse({key: list(value) for key, value in EVENTS.items()})
+        answer = {key: list(value) for key, value in EVENTS.items()}
+        if request.GET.get("take"):
+            EVENTS.clear()
+    return JsonResponse(answer)
 
 
 urlpatterns = [
