@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import sys
 import threading
@@ -40,7 +41,9 @@ def runner(new_loop: Callable[[], asyncio.AbstractEventLoop]) -> Runner:
         finally:
             try:
                 _cancel_pending_tasks(loop)
-                loop.run_until_complete(loop.shutdown_asyncgens())
+                # uvloop may still be stopping after a KeyboardInterrupt.
+                with contextlib.suppress(RuntimeError):
+                    loop.run_until_complete(loop.shutdown_asyncgens())
             finally:
                 loop.close()
 
@@ -52,7 +55,8 @@ def _cancel_pending_tasks(loop: asyncio.AbstractEventLoop) -> None:
 
     A KeyboardInterrupt or SystemExit raised in a task leaves the loop at once
     (asyncio re-raises them), with the other tasks pending; finishing those
-    can raise it once more.
+    can raise it once more, or (the taskgroup backport on uvloop) stop the
+    loop early.
     """
     for _ in range(10):
         pending = asyncio.all_tasks(loop)
@@ -62,7 +66,7 @@ def _cancel_pending_tasks(loop: asyncio.AbstractEventLoop) -> None:
             task.cancel()
         try:
             loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        except (KeyboardInterrupt, SystemExit):
+        except (KeyboardInterrupt, SystemExit, RuntimeError):
             continue
 
 
