@@ -90,6 +90,7 @@ def typing(session: nox.Session) -> None:
         "mypy",
         "django-stubs",
         "nox",
+        "matplotlib",
         *TEST_REQUIREMENTS,
     )
     session.run("mypy")

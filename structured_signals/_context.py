@@ -17,7 +17,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Union
 
-from structured_signals._compat import ASGIREF_VARIABLES, local_attributes, local_storage
+from structured_signals._compat import (
+    ASGIREF_VARIABLES,
+    local_attributes,
+    local_storage,
+    shares_values,
+)
 
 __all__ = (
     "MISSING",
@@ -81,16 +86,20 @@ class ContextConflictError(RuntimeError):
 
 
 # Stands for the sync receiver that wrote a key until a conflict needs its name.
-_SYNC_WRITER: Final = "sync receivers"
+_SYNC_WRITER: Final = object()
+_CALLER: Final = "caller"
 
 OnConflict = Union[Literal["raise", "first", "last"], Callable[[Conflict], object]]
 
 
 @dataclass(frozen=True)
 class Writer:
-    """Receivers that ran in `context`, forked from the dispatch's contexts."""
+    """Receivers that ran in `context`, forked from the dispatch's contexts.
 
-    name: str
+    `describe` gives their name; it is called only to report a conflict.
+    """
+
+    describe: Callable[[], str]
     context: contextvars.Context
 
 
@@ -115,35 +124,29 @@ def merge(
     """
     sync_end = sync_writers[-1].context if sync_writers else base
     sync_changes = changes(base, sync_end)
-    async_changes = [(writer.name, changes(async_base, writer.context)) for writer in async_writers]
+    async_changes = [(writer, changes(async_base, writer.context)) for writer in async_writers]
 
     result: dict[Key, object] = {}
     conflicts: list[Conflict] = []
     for key in _union(sync_changes, *(changed for _, changed in async_changes)):
-        writers: list[tuple[str, object]] = []
+        writers: list[tuple[object, object]] = []
         base_value = read(base, key)
         caller_value = read(caller, key)
         if caller_value is not base_value:
-            writers.append(("caller", caller_value))
-        receivers = [(name, changed[key]) for name, changed in async_changes if key in changed]
+            writers.append((_CALLER, caller_value))
+        receivers = [(writer, changed[key]) for writer, changed in async_changes if key in changed]
         writers.extend(receivers or [(_SYNC_WRITER, sync_changes[key])])
         if all(_agree(writers[0][1], value) for _, value in writers[1:]) or on_conflict == "first":
             chosen = writers[0]
         elif on_conflict == "last":
             chosen = writers[-1]
         else:
-            named = [
-                (
-                    _last_sync_writer(base, sync_writers, key) if name is _SYNC_WRITER else name,
-                    value,
-                )
-                for name, value in writers
-            ]
+            named = [(_name(writer, base, sync_writers, key), value) for writer, value in writers]
             conflict = _conflict(key, base_value, named)
             if on_conflict == "raise":
                 conflicts.append(conflict)
                 continue
-            chosen = ("resolver", on_conflict(conflict))
+            chosen = (None, on_conflict(conflict))
         if chosen[1] is not caller_value:
             result[key] = chosen[1]
     if conflicts:
@@ -174,6 +177,8 @@ def apply(changed: Mapping[Key, object]) -> None:
 def changes(before: contextvars.Context, after: contextvars.Context) -> dict[Key, object]:
     """Every key whose value in `after` is not the one in `before`."""
     changed: dict[Key, object] = {}
+    if shares_values(before, after):
+        return changed
     for variable, value in after.items():
         old = before.get(variable, MISSING)
         if value is old or variable in ASGIREF_VARIABLES:
@@ -213,16 +218,24 @@ def _union(*mappings: Mapping[Key, object]) -> Iterable[Key]:
     return dict.fromkeys(key for mapping in mappings for key in mapping)
 
 
+def _name(
+    writer: object, base: contextvars.Context, sync_writers: Sequence[Writer], key: Key
+) -> str:
+    if writer is _SYNC_WRITER:
+        return _last_sync_writer(base, sync_writers, key)
+    return writer.describe() if isinstance(writer, Writer) else str(writer)
+
+
 def _last_sync_writer(base: contextvars.Context, writers: Sequence[Writer], key: Key) -> str:
     """The sync receiver whose write to `key` the others saw last."""
     previous = [base, *(writer.context for writer in writers)]
     for writer, before in zip(reversed(writers), reversed(previous[:-1])):
         if read(writer.context, key) is not read(before, key):
-            return writer.name
+            return writer.describe()
     raise AssertionError(f"no sync receiver changed {key!r}")
 
 
-def _conflict(key: Key, base: object, writers: list[tuple[str, object]]) -> Conflict:
+def _conflict(key: Key, base: object, writers: Sequence[tuple[str, object]]) -> Conflict:
     if isinstance(key, tuple):
         return Conflict(key[0], key[1], base, tuple(writers))
     return Conflict(key, None, base, tuple(writers))

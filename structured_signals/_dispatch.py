@@ -14,7 +14,9 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import threading
 from collections.abc import Callable, Coroutine, Generator
+from functools import partial
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -75,6 +77,10 @@ class Dispatch:
         self.on_conflict = on_conflict
         self.timeout = timeout
         self.disconnections: int = getattr(signal, "_disconnections", 0)
+        # Local storages are tagged with the thread that wrote them (asgiref
+        # 3.12+): re-home them only when receivers run on another thread.
+        self.thread = threading.get_ident()
+        self.sync_ran_elsewhere = False
         # Invariant: `base` is never entered, so it stays the caller's context
         # as it was when the dispatch began; every receiver context is a copy.
         self.base = contextvars.copy_context()
@@ -85,7 +91,7 @@ class Dispatch:
 
     def run_sync(self, receivers: list[Receiver]) -> None:
         """Run sync receivers here, in order, each seeing the previous one's writes."""
-        context = rehomed(self.base)
+        context = self._at_home(self.base)
         for receiver in receivers:
             if not self._still_connected(receiver):
                 continue
@@ -109,36 +115,43 @@ class Dispatch:
             else:
                 self.responses.append((receiver, response))
             context = attempt
-            self.sync_writers.append(Writer(describe(receiver), attempt))
+            self.sync_writers.append(Writer(partial(describe, receiver), attempt))
 
     async def run_sync_in_thread(self, receivers: list[Receiver]) -> None:
         """Run sync receivers in one sync_to_async(thread_sensitive=True) call."""
         hop = sync_to_async(self.run_sync, thread_sensitive=True)
         await _InContext(asgiref_carrier(), hop(receivers))
+        self.sync_ran_elsewhere = True
 
     async def run_async(self, receivers: list[Receiver]) -> None:
-        """Run async receivers concurrently in a TaskGroup, on the current loop."""
+        """Run async receivers concurrently in a TaskGroup, on the current loop.
+
+        A lone receiver has no sibling to run beside: it is awaited in this
+        task, in its own context, which is what a group of one does minus the
+        task and the trips through the loop.
+        """
         sync_end = self.sync_writers[-1].context if self.sync_writers else self.base
-        self.async_base = start = rehomed(sync_end)
+        start = rehomed(sync_end) if self.sync_ran_elsewhere else self._at_home(sync_end)
+        self.async_base = start
         shared = start.copy()
-        contexts = [shared if not self.isolated else start.copy() for _ in receivers]
+        contexts = [start.copy() for _ in receivers] if self.isolated else [shared] * len(receivers)
         outcomes: list[Any] = [None] * len(receivers)
         failed = [False] * len(receivers)
         skipped = [False] * len(receivers)
         # Invariant: while `populating`, no receiver's task ends in an error.
-        # An eager task (3.12+ eager_task_factory) failing inside create_task
-        # makes the TaskGroup cancel the caller before `__aexit__` can absorb
-        # it (3.12 keeps the pending cancel after uncancel()) and refuse the
-        # remaining create_task calls; deferring the error by one loop step
-        # makes eager dispatch fail exactly as lazy dispatch does.
-        populating = True
+        # An eager task (3.12+) failing inside create_task makes the TaskGroup
+        # cancel the caller before `__aexit__` can absorb it (3.12 keeps the
+        # pending cancel after uncancel()) and refuse the remaining
+        # create_task calls; deferring the error by one loop step makes eager
+        # dispatch fail exactly as lazy dispatch does.
+        populating = len(receivers) > 1
 
         # Sync receivers cannot be interrupted: the timeout bounds the async
         # ones, each on its own when robust (its TimeoutError is its response),
         # all together otherwise (one TimeoutError for the dispatch).
-        deadline = (
-            None if self.timeout is None else asyncio.get_running_loop().time() + self.timeout
-        )
+        deadline = None
+        if self.timeout is not None:
+            deadline = asyncio.get_running_loop().time() + self.timeout
         each_deadline, group_deadline = (deadline, None) if self.robust else (None, deadline)
 
         async def call(index: int, receiver: Receiver) -> None:
@@ -146,10 +159,15 @@ class Dispatch:
                 skipped[index] = True
                 return
             try:
-                async with timeout_at(each_deadline):
+                if each_deadline is None:
                     outcomes[index] = await receiver(
                         signal=self.signal, sender=self.sender, **self.named
                     )
+                else:
+                    async with timeout_at(each_deadline):
+                        outcomes[index] = await receiver(
+                            signal=self.signal, sender=self.sender, **self.named
+                        )
             except BaseException as err:  # noqa: BLE001 -- sorted out below, re-raised
                 own_cancel = (
                     isinstance(err, asyncio.CancelledError) and not _cancelled_from_outside()
@@ -165,31 +183,44 @@ class Dispatch:
                 # the receiver being cancelled, and go on without a word.
                 raise _ReceiverCancelled(err) if own_cancel else err  # noqa: B904
 
-        try:
-            async with timeout_at(group_deadline), TaskGroup() as group:
+        async def run_all() -> None:
+            nonlocal populating
+            if len(receivers) == 1:
+                await _InContext(contexts[0], call(0, receivers[0]))
+                return
+            async with TaskGroup() as group:
                 for index, (receiver, context) in enumerate(zip(receivers, contexts)):
                     group.create_task(call(index, receiver), context=context)
                 populating = False
+
+        try:
+            if group_deadline is None:
+                await run_all()
+            else:
+                async with timeout_at(group_deadline):
+                    await run_all()
+        except _ReceiverCancelled as error:
+            raise error.cancelled from None
         except BaseExceptionGroup as group_error:
             errors = [_unwrapped(error) for error in group_error.exceptions]
             if len(errors) == 1:
                 raise errors[0] from None
             raise BaseExceptionGroup("errors raised by receivers", errors) from None
-        kept = [index for index, skip in enumerate(skipped) if not skip]
-        receivers = [receivers[index] for index in kept]
-        outcomes = [outcomes[index] for index in kept]
-        contexts = [contexts[index] for index in kept]
-        failed = [failed[index] for index in kept]
+        if any(skipped):
+            kept = [index for index, skip in enumerate(skipped) if not skip]
+            receivers = [receivers[index] for index in kept]
+            outcomes = [outcomes[index] for index in kept]
+            contexts = [contexts[index] for index in kept]
+            failed = [failed[index] for index in kept]
         self.responses.extend(zip(receivers, outcomes))
         if self.isolated:
             self.async_writers = [
-                Writer(describe(receiver), context)
+                Writer(partial(describe, receiver), context)
                 for receiver, context, lost in zip(receivers, contexts, failed)
                 if not lost
             ]
         else:
-            names = ", ".join(map(describe, receivers))
-            self.async_writers = [Writer(f"{names} (shared context)", shared)]
+            self.async_writers = [Writer(partial(_shared_name, receivers), shared)]
 
     def run_async_from_sync(self, receivers: list[Receiver]) -> None:
         """Run async receivers from sync code, through async_to_sync."""
@@ -208,6 +239,10 @@ class Dispatch:
             )
         )
 
+    def _at_home(self, context: contextvars.Context) -> contextvars.Context:
+        """`context`, re-homed if this is not the caller's thread."""
+        return context if threading.get_ident() == self.thread else rehomed(context)
+
     def _still_connected(self, receiver: Receiver) -> bool:
         """False once `receiver`'s disconnect() has returned, even mid-dispatch."""
         disconnections: int = getattr(self.signal, "_disconnections", 0)
@@ -220,6 +255,10 @@ class Dispatch:
             err,
             exc_info=err,
         )
+
+
+def _shared_name(receivers: list[Receiver]) -> str:
+    return f"{', '.join(map(describe, receivers))} (shared context)"
 
 
 class _ReceiverCancelled(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+from functools import partial
 from typing import Any
 
 import pytest
@@ -54,7 +55,7 @@ def merge_isolated(
         caller=base if caller is None else caller,
         sync_writers=[],
         async_base=base,
-        async_writers=[Writer(f"receiver{i}", w) for i, w in enumerate(writers)],
+        async_writers=[Writer(partial(str, f"receiver{i}"), w) for i, w in enumerate(writers)],
         on_conflict=on_conflict,
     )
 
@@ -192,7 +193,10 @@ def test_merge_sync_writers_are_sequential_and_named_when_they_conflict_with_the
         merge(
             base=base,
             caller=caller,
-            sync_writers=[Writer("first", first), Writer("second", second)],
+            sync_writers=[
+                Writer(partial(str, "first"), first),
+                Writer(partial(str, "second"), second),
+            ],
             async_base=second,
             async_writers=[],
             on_conflict="raise",
@@ -207,9 +211,12 @@ def test_merge_an_async_write_after_a_sync_write_is_no_conflict() -> None:
     merged = merge(
         base=base,
         caller=base,
-        sync_writers=[Writer("sync", synced)],
+        sync_writers=[Writer(partial(str, "sync"), synced)],
         async_base=synced,
-        async_writers=[Writer("one", then(synced, color="async")), Writer("two", synced.copy())],
+        async_writers=[
+            Writer(partial(str, "one"), then(synced, color="async")),
+            Writer(partial(str, "two"), synced.copy()),
+        ],
         on_conflict="raise",
     )
     assert merged == {color: "async"}

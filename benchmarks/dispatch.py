@@ -1,0 +1,225 @@
+"""Dispatch micro-benchmark: StructuredSignal.asend against Django's own and the floors.
+
+For every cell of the grid (receivers x behaviour x caller variables x
+writes) it times, in the same process and event loop, interleaved round by
+round to cancel drift:
+
+- `django`: the installed Django's `Signal.asend` (asyncio.gather up to 6.0,
+  a TaskGroup with one shared context on 6.1; Django 4.2 has no asend, so
+  there it is asyncio.gather over the receivers, which is what 5.x does);
+- `gather`: asyncio.gather over the receivers;
+- `one by one`: awaiting the receivers one after another (the floor);
+- `shared` and `isolated`: StructuredSignal.asend in each context mode.
+
+It prints the medians and the ratio to Django's own, and writes them to
+benchmarks/results/dispatch-<python>-django<version>.md with a PNG chart.
+
+    python benchmarks/dispatch.py [--rounds 9] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextvars
+import itertools
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import django
+from django.conf import settings
+from django.dispatch import Signal
+
+from structured_signals import StructuredSignal
+
+RESULTS = Path(__file__).parent / "results"
+IMPLEMENTATIONS = ("django", "gather", "one by one", "shared", "isolated")
+RECEIVER_COUNTS = (0, 1, 10, 100, 1000)
+BEHAVIOURS = ("returns at once", "suspends once")
+CALLER_VARIABLES = (0, 50, 1000)
+WRITES = ("none", "one each")
+BATCH_SECONDS = 0.002
+
+Receiver = Callable[..., Awaitable[None]]
+Dispatcher = Callable[[], Awaitable[object]]
+
+RECEIVER_VARIABLES = [
+    contextvars.ContextVar[int](f"receiver_{i}") for i in range(max(RECEIVER_COUNTS))
+]
+CALLER_VARIABLE_POOL = [
+    contextvars.ContextVar[int](f"caller_{i}") for i in range(max(CALLER_VARIABLES))
+]
+
+
+@dataclass(frozen=True)
+class Cell:
+    receivers: int
+    behaviour: str
+    caller_variables: int
+    writes: str
+
+
+def make_receivers(cell: Cell) -> list[Receiver]:
+    def make(index: int) -> Receiver:
+        variable = RECEIVER_VARIABLES[index]
+        write = cell.writes == "one each"
+        suspend = cell.behaviour == "suspends once"
+
+        async def receiver(**kwargs: Any) -> None:
+            if suspend:
+                await asyncio.sleep(0)
+            if write:
+                variable.set(index)
+
+        return receiver
+
+    return [make(index) for index in range(cell.receivers)]
+
+
+def dispatchers(receivers: list[Receiver]) -> dict[str, Dispatcher]:
+    djangos = Signal()
+    shared = StructuredSignal(context="shared")
+    isolated = StructuredSignal(context="isolated")
+    for receiver in receivers:
+        for signal in (djangos, shared, isolated):
+            signal.connect(receiver, weak=False)
+
+    def gather() -> Awaitable[object]:
+        return asyncio.gather(*(r(signal=djangos, sender=None) for r in receivers))
+
+    async def one_by_one() -> None:
+        for receiver in receivers:
+            await receiver(signal=djangos, sender=None)
+
+    django_asend = getattr(djangos, "asend", None)
+    return {
+        "django": (lambda: django_asend(sender=None)) if django_asend else gather,
+        "gather": gather,
+        "one by one": one_by_one,
+        "shared": lambda: shared.asend(sender=None),
+        "isolated": lambda: isolated.asend(sender=None),
+    }
+
+
+async def time_batch(dispatch: Dispatcher, count: int) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        await dispatch()
+    return (time.perf_counter() - started) / count
+
+
+async def measure_cell(cell: Cell, rounds: int) -> dict[str, float]:
+    """Median seconds per dispatch of each implementation, interleaved by round."""
+    for variable in CALLER_VARIABLE_POOL[: cell.caller_variables]:
+        variable.set(0)
+    candidates = dispatchers(make_receivers(cell))
+    counts = {}
+    for name, dispatch in candidates.items():
+        once = await time_batch(dispatch, 3)
+        counts[name] = max(1, int(BATCH_SECONDS / max(once, 1e-7)))
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    names = list(candidates)
+    for round_ in range(rounds):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            samples[name].append(await time_batch(candidates[name], counts[name]))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def run_cell(cell: Cell, rounds: int) -> dict[str, float]:
+    # A new context per cell: the caller's variables of one cell stay out of the next.
+    return contextvars.Context().run(asyncio.run, measure_cell(cell, rounds))
+
+
+def grid(quick: bool) -> list[Cell]:
+    counts = (0, 1, 10, 100) if quick else RECEIVER_COUNTS
+    return [
+        Cell(*values) for values in itertools.product(counts, BEHAVIOURS, CALLER_VARIABLES, WRITES)
+    ]
+
+
+def microseconds(seconds: float) -> str:
+    return f"{seconds * 1e6:,.1f}"
+
+
+def table(results: list[tuple[Cell, dict[str, float]]]) -> str:
+    header = (
+        "| receivers | receivers do | caller vars | writes | "
+        + " | ".join(f"{name} µs" for name in IMPLEMENTATIONS)
+        + " | shared / django | isolated / django |"
+    )
+    lines = [header, "|" + "---|" * (6 + len(IMPLEMENTATIONS))]
+    for cell, medians in results:
+        ratios = [medians[mode] / medians["django"] for mode in ("shared", "isolated")]
+        lines.append(
+            f"| {cell.receivers} | {cell.behaviour} | {cell.caller_variables} | {cell.writes} | "
+            + " | ".join(microseconds(medians[name]) for name in IMPLEMENTATIONS)
+            + " | "
+            + " | ".join(f"{ratio:.2f}" for ratio in ratios)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def chart(results: list[tuple[Cell, dict[str, float]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for axis, behaviour in zip(axes, BEHAVIOURS):
+        for mode, style in (("shared", "-o"), ("isolated", "--s")):
+            for variables in (0, 1000):
+                points = [
+                    (cell.receivers, medians[mode] / medians["django"])
+                    for cell, medians in results
+                    if cell.behaviour == behaviour
+                    and cell.caller_variables == variables
+                    and cell.writes == "none"
+                    and cell.receivers > 0
+                ]
+                if points:
+                    xs, ys = zip(*points)
+                    axis.plot(xs, ys, style, label=f"{mode}, {variables} caller vars")
+        axis.axhline(1.0, color="grey", linewidth=0.8)
+        axis.set_xscale("log")
+        axis.set_title(f"receivers that: {behaviour}")
+        axis.set_xlabel("async receivers")
+    axes[0].set_ylabel("StructuredSignal.asend / Django's asend (lower is faster)")
+    axes[0].legend(fontsize=8)
+    figure.suptitle(f"Python {sys.version.split()[0]}, Django {django.get_version()}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--quick", action="store_true", help="skip the 1000-receiver cells")
+    arguments = parser.parse_args()
+    if not settings.configured:
+        settings.configure()
+        django.setup()
+    results = [(cell, run_cell(cell, arguments.rounds)) for cell in grid(arguments.quick)]
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    command = f"python benchmarks/dispatch.py --rounds {arguments.rounds}"
+    title = (
+        f"Dispatch, median µs per dispatch: Python {sys.version.split()[0]}, "
+        f"Django {django.get_version()}, `{command}`"
+    )
+    report = f"{title}\n\n{table(results)}\n"
+    print(report)
+    RESULTS.mkdir(exist_ok=True)
+    stem = f"dispatch-{python}-django{django.VERSION[0]}.{django.VERSION[1]}"
+    (RESULTS / f"{stem}.md").write_text(report)
+    chart(results, RESULTS / f"{stem}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
