@@ -20,7 +20,7 @@ from asgiref.sync import AsyncToSync, SyncToAsync
 from asgiref.sync import iscoroutinefunction as asgiref_iscoroutinefunction
 
 if sys.version_info >= (3, 11):
-    from asyncio import timeout_at
+    from asyncio import TaskGroup, timeout_at
     from builtins import BaseExceptionGroup
 else:
     from exceptiongroup import BaseExceptionGroup
@@ -28,7 +28,7 @@ else:
 
 if sys.version_info >= (3, 12):
 
-    class TaskGroup(asyncio.TaskGroup):
+    class EagerTaskGroup(asyncio.TaskGroup):
         """An asyncio.TaskGroup whose tasks start eagerly (Python 3.12+).
 
         A receiver that finishes without suspending then costs no trip
@@ -56,8 +56,8 @@ if sys.version_info >= (3, 12):
                 task.add_done_callback(self._on_task_done)
             return task
 
-elif sys.version_info >= (3, 11):
-    from asyncio import TaskGroup
+else:
+    EagerTaskGroup = TaskGroup
 
 if TYPE_CHECKING:
     from django.core.handlers.asgi import ASGIHandler
@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 __all__ = (
     "ASGIREF_VARIABLES",
     "BaseExceptionGroup",
+    "EagerTaskGroup",
     "TaskGroup",
     "asgiref_carrier",
     "is_connected",

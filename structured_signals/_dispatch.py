@@ -23,7 +23,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 
 from structured_signals._compat import (
     BaseExceptionGroup,
-    TaskGroup,
+    EagerTaskGroup,
     asgiref_carrier,
     is_connected,
     rehomed,
@@ -188,7 +188,7 @@ class Dispatch:
             if len(receivers) == 1:
                 await _InContext(contexts[0], call(0, receivers[0]))
                 return
-            async with TaskGroup() as group:
+            async with EagerTaskGroup() as group:
                 for index, (receiver, context) in enumerate(zip(receivers, contexts)):
                     group.create_task(call(index, receiver), context=context)
                 populating = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import closing
 from typing import TYPE_CHECKING, Any
@@ -81,7 +82,7 @@ class StructuredASGIHandler(ASGIHandler):
         response = None
         try:
             async with TaskGroup() as group:
-                listener = group.create_task(listen_for_disconnect(self, receive))
+                listener = group.create_task(self._listen_for_disconnect(receive))
 
                 async def send_until_complete(message: Mapping[str, Any]) -> None:
                     await send(message)
@@ -102,6 +103,14 @@ class StructuredASGIHandler(ASGIHandler):
                     raise unexpected.exceptions[0]  # noqa: B904 -- the one error, itself
                 raise unexpected from None
         return response
+
+    async def _listen_for_disconnect(self, receive: Receive) -> None:
+        # Invariant: the listener never fails in its first step. Under an eager
+        # task factory (3.12+) it would fail inside create_task, and the
+        # TaskGroup would leave a cancellation pending on this task (3.12 keeps
+        # it after uncancel()) that hits the next await after the group.
+        await asyncio.sleep(0)
+        await listen_for_disconnect(self, receive)
 
 
 async def _close(response: HttpResponseBase) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from asgiref.local import Local
@@ -22,6 +23,8 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
 request_local = Local()
 # Set by the middleware, from the request: what the request really is.
 header_id: contextvars.ContextVar[str] = contextvars.ContextVar("header_id")
+# Set by a second async request_started receiver.
+started_at: contextvars.ContextVar[float] = contextvars.ContextVar("started_at")
 # Opened by the /connection/ view, closed by request_finished.
 connection: contextvars.ContextVar[Connection] = contextvars.ContextVar("connection")
 
@@ -72,6 +75,10 @@ async def started_async(scope: dict[str, Any], **kwargs: Any) -> None:
         request_local.request_id = identifier
 
 
+async def started_clock(**kwargs: Any) -> None:
+    started_at.set(time.monotonic())
+
+
 def finished(stage: str) -> dict[str, Any]:
     event = {"stage": stage, **seen()}
     open_connection = connection.get(None)
@@ -93,6 +100,7 @@ async def finished_async(**kwargs: Any) -> None:
 def connect_receivers() -> None:
     request_started.connect(started_sync, dispatch_uid="e2e.started_sync")
     request_started.connect(started_async, dispatch_uid="e2e.started_async")
+    request_started.connect(started_clock, dispatch_uid="e2e.started_clock")
     request_finished.connect(finished_sync, dispatch_uid="e2e.finished_sync")
     request_finished.connect(finished_async, dispatch_uid="e2e.finished_async")
 

@@ -1,0 +1,97 @@
+"""End to end: requests per second under uvicorn, Django's handler against ours.
+
+Serves demo/demo_project (3 request_started and 2 request_finished
+receivers, sync and async) with uvicorn on 127.0.0.1, once with Django's
+ASGIHandler and once with StructuredASGIHandler, round after round in
+alternating order, and drives each with benchmarks/load.py in a second
+process: a fixed number of requests per round, bounded in time.
+
+    python benchmarks/end_to_end.py [--rounds 5] [--requests 5000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import django
+
+sys.path.insert(0, str(Path(__file__).parent.parent / "demo"))
+
+from demo_project.serve import uvicorn
+
+LOAD = Path(__file__).parent / "load.py"
+HANDLERS = {"django": "Django's ASGIHandler", "structured": "StructuredASGIHandler"}
+
+
+def one_round(handler: str, requests: int, connections: int) -> dict[str, float]:
+    with uvicorn(handler) as served:
+        port = served.url.rsplit(":", 1)[1]
+        common = [sys.executable, str(LOAD), "--port", port, "--connections", str(connections)]
+        subprocess.run(
+            [*common, "--requests", str(requests // 10)], check=True, capture_output=True
+        )
+        done = subprocess.run(
+            [*common, "--requests", str(requests), "--duration", "120"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    result: dict[str, float] = json.loads(done.stdout)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--connections", type=int, default=16)
+    arguments = parser.parse_args()
+    samples: dict[str, list[dict[str, float]]] = {handler: [] for handler in HANDLERS}
+    order = list(HANDLERS)
+    for round_ in range(arguments.rounds):
+        for handler in order if round_ % 2 == 0 else order[::-1]:
+            samples[handler].append(one_round(handler, arguments.requests, arguments.connections))
+    median = {
+        handler: {
+            key: statistics.median(s[key] for s in runs) for key in ("rps", "p50_ms", "p99_ms")
+        }
+        for handler, runs in samples.items()
+    }
+    errors = sum(s["errors"] for runs in samples.values() for s in runs)
+    ratio = median["structured"]["rps"] / median["django"]["rps"]
+    command = (
+        f"python benchmarks/end_to_end.py --rounds {arguments.rounds} "
+        f"--requests {arguments.requests} --connections {arguments.connections}"
+    )
+    lines = [
+        f"End to end, medians of {arguments.rounds} rounds: Python {sys.version.split()[0]}, "
+        f"Django {django.get_version()}, uvicorn, {arguments.connections} connections, "
+        f"{errors} errors, `{command}`",
+        "",
+        "| handler | requests/s | p50 ms | p99 ms |",
+        "|---|---|---|---|",
+        *(
+            f"| {HANDLERS[h]} | {m['rps']:,.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} |"
+            for h, m in median.items()
+        ),
+        "",
+        f"StructuredASGIHandler / Django's: {ratio:.3f} of the requests per second",
+    ]
+    report = "\n".join(lines) + "\n"
+    print(report)
+    results = Path(__file__).parent / "results"
+    results.mkdir(exist_ok=True)
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    (results / f"end-to-end-{python}-django{django.VERSION[0]}.{django.VERSION[1]}.md").write_text(
+        report
+    )
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
