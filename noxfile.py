@@ -1,4 +1,4 @@
-"""Sessions: lint, typing, build, tests and django_tests (the matrix); demo, soak."""
+"""Sessions: lint, typing, build, tests and django_tests (the matrix); demo, soak, bench."""
 
 from __future__ import annotations
 
@@ -164,3 +164,12 @@ def soak(session: nox.Session) -> None:
     session.install(".", _django_requirement(DEMO_DJANGO), "uvicorn", "httpx")
     session.run("python", "benchmarks/memory.py", "--dispatches", "1000000")
     session.run("python", "benchmarks/soak.py", "--requests", "20000", "--connections", "64")
+
+
+@nox.session(python="3.12")
+@nox.parametrize("django", ["6.1", "5.2"])
+def bench(session: nox.Session, django: str) -> None:
+    """Benchmarks: dispatch against Django's own asend, and end to end under uvicorn."""
+    session.install(".", _django_requirement(django), "matplotlib", "uvicorn", "httpx")
+    session.run("python", "benchmarks/dispatch.py", "--rounds", "9")
+    session.run("python", "benchmarks/end_to_end.py", "--rounds", "5", "--requests", "5000")

@@ -165,6 +165,59 @@ def table(results: list[tuple[Cell, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+# The speed goals (issue "Benchmarks against gather ..."): (row, limit, ratio).
+def goals(results: list[tuple[Cell, dict[str, float]]]) -> list[tuple[str, float, float]]:
+    by_cell = dict(results)
+
+    def ratio(mode: str, receivers: int, behaviour: str = "returns at once") -> float:
+        medians = by_cell[Cell(receivers, behaviour, 0, "none")]
+        return medians[mode] / medians["django"]
+
+    def vars_ratio(mode: str) -> float:
+        at = {n: by_cell[Cell(10, "returns at once", n, "none")][mode] for n in (0, 1000)}
+        return at[1000] / at[0]
+
+    rows = [
+        ("no receivers, shared / django", 1.1, ratio("shared", 0)),
+        ("1 async receiver, returns at once, shared / django", 0.25, ratio("shared", 1)),
+    ]
+    for n in (10, 100):
+        rows.append((f"{n} receivers, return at once, shared / django", 0.5, ratio("shared", n)))
+    for n in (10, 100):
+        rows.append(
+            (
+                f"{n} receivers, suspend once, shared / django",
+                1.0,
+                ratio("shared", n, "suspends once"),
+            )
+        )
+        rows.append(
+            (
+                f"{n} receivers, suspend once, isolated / django",
+                1.15,
+                ratio("isolated", n, "suspends once"),
+            )
+        )
+    for mode in ("shared", "isolated"):
+        rows.append(
+            (
+                f"10 receivers, nobody writes, 1000 caller vars / 0 vars, {mode}",
+                1.2,
+                vars_ratio(mode),
+            )
+        )
+    return rows
+
+
+def goals_table(rows: list[tuple[str, float, float]]) -> str:
+    lines = ["| goal | limit | measured | |", "|---|---|---|---|"]
+    for row, limit, measured in rows:
+        lines.append(
+            f"| {row} | <= {limit} | {measured:.2f} | {'met' if measured <= limit else 'missed'} |"
+        )
+    return "\n".join(lines)
+
+
 def chart(results: list[tuple[Cell, dict[str, float]]], path: Path) -> None:
     import matplotlib
 
@@ -213,6 +266,8 @@ def main() -> int:
         f"Django {django.get_version()}, `{command}`"
     )
     report = f"{title}\n\n{table(results)}\n"
+    if not arguments.quick:
+        report += f"\nSpeed goals:\n\n{goals_table(goals(results))}\n"
     print(report)
     RESULTS.mkdir(exist_ok=True)
     stem = f"dispatch-{python}-django{django.VERSION[0]}.{django.VERSION[1]}"

@@ -33,12 +33,18 @@ RESIDENT_GROWTH_LIMIT = 16 * 1024 * 1024
 class Tally:
     sent: int = 0
     errors: int = 0
+    first_errors: list[str] = field(default_factory=list)
     cross_talk: int = 0
     checked_events: int = 0
     pending: set[str] = field(default_factory=set)
     stages: dict[str, set[str]] = field(default_factory=dict)
     resident_after_warm_up: int = 0
     resident_at_end: int = 0
+
+    def error(self, description: str) -> None:
+        self.errors += 1
+        if len(self.first_errors) < 5:
+            self.first_errors.append(description)
 
 
 def check_events(events: dict[str, list[dict[str, Any]]], tally: Tally) -> None:
@@ -75,12 +81,12 @@ async def soak(served: Served, requests: int, connections: int, tally: Tally) ->
                         "/connection/", headers={"X-Request-Id": request_id}
                     )
                     answer = response.json()
-                except (httpx.HTTPError, ValueError):
-                    tally.errors += 1
+                except (httpx.HTTPError, ValueError) as error:
+                    tally.error(f"{request_id}: {type(error).__name__}: {error}")
                     continue
                 tally.sent += 1
                 if response.status_code != 200:
-                    tally.errors += 1
+                    tally.error(f"{request_id}: HTTP {response.status_code}")
                 elif (answer["request_id"], answer["local_id"]) != (request_id, request_id):
                     tally.cross_talk += 1
                 if n == warm_up:
@@ -122,6 +128,8 @@ def main() -> int:
         f"| RSS {tally.resident_after_warm_up / 2**20:.1f} MiB after warm-up, "
         f"{tally.resident_at_end / 2**20:.1f} MiB at the end |"
     )
+    for description in tally.first_errors:
+        print(f"error: {description}")
     failed = tally.errors or tally.cross_talk or tally.pending or grown > RESIDENT_GROWTH_LIMIT
     return 1 if failed else 0
 
