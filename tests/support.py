@@ -101,6 +101,16 @@ def assert_context_is(before: dict[contextvars.ContextVar[Any], Any]) -> None:
     assert not changed, f"changed: {changed}"
 
 
+async def asend_checking_context_when_cancelled(signal: Any) -> None:
+    """`await signal.asend()`; if it is cancelled, the context must be as before."""
+    before = snapshot()
+    try:
+        await signal.asend(sender=None)
+    except asyncio.CancelledError:
+        assert_context_is(before)
+        raise
+
+
 class Bomb:
     """A value like a numpy array: comparing or truth-testing it raises."""
 

@@ -21,11 +21,7 @@ state = Local()
 
 def context_with(**values: object) -> contextvars.Context:
     """A new context holding `values` (names of the module's variables)."""
-    context = contextvars.Context()
-    variables = {"color": color, "size": size}
-    for name, value in values.items():
-        context.run(variables[name].set, value)
-    return context
+    return then(contextvars.Context(), **values)
 
 
 def then(context: contextvars.Context, **values: object) -> contextvars.Context:

@@ -15,7 +15,15 @@ from asgiref.local import Local
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import LOOP_FACTORIES, Runner, assert_context_is, in_plain_thread, runner, snapshot
+from support import (
+    LOOP_FACTORIES,
+    Runner,
+    asend_checking_context_when_cancelled,
+    assert_context_is,
+    in_plain_thread,
+    runner,
+    snapshot,
+)
 
 from structured_signals import ContextConflictError, StructuredSignal
 from structured_signals._dispatch import describe
@@ -330,16 +338,8 @@ def test_a_sync_receiver_still_running_when_the_caller_is_cancelled_merges_nothi
 
     signal.connect(slow)
 
-    async def caller() -> None:
-        before = snapshot()
-        try:
-            await signal.asend(sender=None)
-        except asyncio.CancelledError:
-            assert_context_is(before)
-            raise
-
     async def main() -> None:
-        task = asyncio.ensure_future(caller())
+        task = asyncio.ensure_future(asend_checking_context_when_cancelled(signal))
         while not started.is_set():
             await asyncio.sleep(0.001)
         task.cancel()

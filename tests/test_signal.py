@@ -14,7 +14,15 @@ import pytest
 from asgiref.local import Local
 from django import dispatch
 from django.dispatch import receiver
-from support import Bomb, Flag, Runner, assert_context_is, in_plain_thread, snapshot
+from support import (
+    Bomb,
+    Flag,
+    Runner,
+    asend_checking_context_when_cancelled,
+    assert_context_is,
+    in_plain_thread,
+    snapshot,
+)
 
 from structured_signals import MISSING, Conflict, ContextConflictError, StructuredSignal, upgrade
 from structured_signals._compat import BaseExceptionGroup
@@ -64,6 +72,35 @@ def dispatch_and_read(
         return responses, read()
 
     return in_plain_thread(sync_caller)
+
+
+def assert_dispatch_raises_and_merges_nothing(
+    run: Runner,
+    signal: StructuredSignal,
+    method: str,
+    error: type[BaseException],
+    prepare: Callable[[], dict[contextvars.ContextVar[Any], Any]] = snapshot,
+) -> None:
+    """Dispatching through `method` raises `error`, and the caller's context
+    stays exactly as `prepare` left it, with no task left behind."""
+
+    async def async_caller() -> None:
+        before = prepare()
+        with pytest.raises(error):
+            await getattr(signal, method)(sender=None)
+        assert_context_is(before)
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+
+    def sync_caller() -> None:
+        before = prepare()
+        with pytest.raises(error):
+            getattr(signal, method)(sender=None)
+        assert_context_is(before)
+
+    if method.startswith("a"):
+        run(async_caller())
+    else:
+        in_plain_thread(sync_caller)
 
 
 def test_structured_signal_is_a_django_signal() -> None:
@@ -303,23 +340,7 @@ def test_a_dispatch_that_raises_merges_nothing(
         request_state.user_id = 0
         return snapshot()
 
-    async def async_caller() -> None:
-        before = prepare()
-        with pytest.raises(ReceiverError):
-            await signal.asend(sender=None)
-        assert_context_is(before)
-        assert asyncio.all_tasks() == {asyncio.current_task()}
-
-    def sync_caller() -> None:
-        before = prepare()
-        with pytest.raises(ReceiverError):
-            signal.send(sender=None)
-        assert_context_is(before)
-
-    if method == "asend":
-        run(async_caller())
-    else:
-        in_plain_thread(sync_caller)
+    assert_dispatch_raises_and_merges_nothing(run, signal, method, ReceiverError, prepare)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -423,11 +444,12 @@ def test_robust_dispatch_returns_each_exception_as_its_response_without_cancelli
     assert "failing_sync" in caplog.text
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("method", ["send_robust", "asend_robust"])
-def test_isolated_robust_dispatch_discards_the_writes_of_a_receiver_that_failed(
-    run: Runner, method: str
+def test_robust_dispatch_drops_a_failed_receivers_writes_if_isolated_and_keeps_them_if_shared(
+    run: Runner, method: str, mode: str
 ) -> None:
-    signal = StructuredSignal(context="isolated")
+    signal = StructuredSignal(context=mode)  # type: ignore[arg-type]
 
     def failing_sync(**kwargs: Any) -> None:
         connection.set("from failing sync")
@@ -457,27 +479,12 @@ def test_isolated_robust_dispatch_discards_the_writes_of_a_receiver_that_failed(
         )
 
     _, seen = dispatch_and_read(run, signal, method, read)
-    assert seen == (None, "from working sync", None, None, 3)
-
-
-@pytest.mark.parametrize("method", ["send_robust", "asend_robust"])
-def test_shared_robust_dispatch_keeps_the_writes_of_a_receiver_that_failed_as_django(
-    run: Runner, method: str
-) -> None:
-    signal = StructuredSignal(context="shared")
-
-    def failing_sync(**kwargs: Any) -> None:
-        connection.set("from failing sync")
-        raise ReceiverError
-
-    async def failing_async(**kwargs: Any) -> None:
-        user.set("from failing async")
-        raise ReceiverError
-
-    signal.connect(failing_sync)
-    signal.connect(failing_async)
-    _, seen = dispatch_and_read(run, signal, method, lambda: (connection.get(), user.get()))
-    assert seen == ("from failing sync", "from failing async")
+    if mode == "isolated":
+        assert seen == (None, "from working sync", None, None, 3)
+    else:
+        # As in Django 6.1: the failed receivers wrote in the shared context.
+        failed_writes = ("from failing sync", "from failing async", "from failing async")
+        assert seen == (failed_writes[0], "from working sync", *failed_writes[1:], 3)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -504,16 +511,8 @@ def test_cancelling_the_caller_cancels_every_receiver_merges_nothing_and_leaves_
     signal.connect(waiting)
     signal.connect(waiting_too)
 
-    async def caller() -> None:
-        before = snapshot()
-        try:
-            await signal.asend(sender=None)
-        except asyncio.CancelledError:
-            assert_context_is(before)
-            raise
-
     async def main() -> set[asyncio.Task[Any]]:
-        task = asyncio.ensure_future(caller())
+        task = asyncio.ensure_future(asend_checking_context_when_cancelled(signal))
         while started < 2:
             await asyncio.sleep(0)
         task.cancel()
@@ -752,14 +751,18 @@ def test_a_local_set_by_a_sync_receiver_is_seen_by_async_receivers(run: Runner) 
     assert seen == [9]
 
 
-def test_nested_dispatch_keeps_a_siblings_unrelated_write_made_meanwhile(run: Runner) -> None:
+def nested_dispatch(
+    inner: StructuredSignal, inner_writes: contextvars.ContextVar[str]
+) -> StructuredSignal:
+    """An outer signal whose receivers run side by side in its shared context:
+    the first dispatches `inner`, whose receiver writes `inner_writes` only
+    after the second (the sibling) has set `user` meanwhile."""
     outer = StructuredSignal()
-    inner = StructuredSignal()
     sibling_wrote = Flag()
 
     async def inner_receiver(**kwargs: Any) -> None:
         await sibling_wrote.wait()
-        request_id.set("from inner receiver")
+        inner_writes.set("from inner receiver")
 
     async def nesting(**kwargs: Any) -> None:
         await inner.asend(sender=None)
@@ -768,74 +771,37 @@ def test_nested_dispatch_keeps_a_siblings_unrelated_write_made_meanwhile(run: Ru
         user.set("from sibling")
         sibling_wrote.set()
 
-    inner.connect(inner_receiver)
-    outer.connect(nesting)
-    outer.connect(sibling)
+    inner.connect(inner_receiver, weak=False)
+    outer.connect(nesting, weak=False)
+    outer.connect(sibling, weak=False)
+    return outer
 
-    async def caller() -> tuple[str, str]:
-        await outer.asend(sender=None)
-        return user.get(), request_id.get()
 
-    assert run(caller()) == ("from sibling", "from inner receiver")
+async def asend_and_read_user_and_request_id(signal: StructuredSignal) -> tuple[str, str]:
+    await signal.asend(sender=None)
+    return user.get("<unset>"), request_id.get("<unset>")
+
+
+def test_nested_dispatch_keeps_a_siblings_unrelated_write_made_meanwhile(run: Runner) -> None:
+    outer = nested_dispatch(StructuredSignal(), inner_writes=request_id)
+    seen = run(asend_and_read_user_and_request_id(outer))
+    assert seen == ("from sibling", "from inner receiver")
 
 
 def test_nested_dispatch_conflicts_with_a_siblings_concurrent_write_of_the_same_variable(
     run: Runner,
 ) -> None:
-    outer = StructuredSignal()
-    inner = StructuredSignal()
-    sibling_wrote = Flag()
-
-    async def inner_receiver(**kwargs: Any) -> None:
-        await sibling_wrote.wait()
-        user.set("from inner receiver")
-
-    async def nesting(**kwargs: Any) -> None:
-        await inner.asend(sender=None)
-
-    async def sibling(**kwargs: Any) -> None:
-        user.set("from sibling")
-        sibling_wrote.set()
-
-    inner.connect(inner_receiver)
-    outer.connect(nesting)
-    outer.connect(sibling)
-
-    async def caller() -> None:
-        await outer.asend(sender=None)
-
+    outer = nested_dispatch(StructuredSignal(), inner_writes=user)
     with pytest.raises(ContextConflictError) as raised:
-        run(caller())
+        run(asend_and_read_user_and_request_id(outer))
     (conflict,) = raised.value.conflicts
     assert conflict.writers[0][0] == "caller"
     assert [value for _, value in conflict.writers] == ["from sibling", "from inner receiver"]
 
 
 def test_caller_side_counts_as_first_writer_for_on_conflict_first(run: Runner) -> None:
-    outer = StructuredSignal()
-    inner = StructuredSignal(on_conflict="first")
-    sibling_wrote = Flag()
-
-    async def inner_receiver(**kwargs: Any) -> None:
-        await sibling_wrote.wait()
-        user.set("from inner receiver")
-
-    async def nesting(**kwargs: Any) -> None:
-        await inner.asend(sender=None)
-
-    async def sibling(**kwargs: Any) -> None:
-        user.set("from sibling")
-        sibling_wrote.set()
-
-    inner.connect(inner_receiver)
-    outer.connect(nesting)
-    outer.connect(sibling)
-
-    async def caller() -> str:
-        await outer.asend(sender=None)
-        return user.get()
-
-    assert run(caller()) == "from sibling"
+    outer = nested_dispatch(StructuredSignal(on_conflict="first"), inner_writes=user)
+    assert run(asend_and_read_user_and_request_id(outer)) == ("from sibling", "<unset>")
 
 
 def test_django_signal_api_connect_disconnect_has_listeners_and_receiver_decorator() -> None:
@@ -924,22 +890,7 @@ def test_a_dispatch_past_its_timeout_cancels_its_receivers_merges_nothing_and_ra
     for connected in (sync_receiver, fast, slow):
         signal.connect(connected)
 
-    async def async_caller() -> None:
-        before = snapshot()
-        with pytest.raises(TimeoutError):
-            await signal.asend(sender=None)
-        assert_context_is(before)
-
-    def sync_caller() -> None:
-        before = snapshot()
-        with pytest.raises(TimeoutError):
-            signal.send(sender=None)
-        assert_context_is(before)
-
-    if method == "asend":
-        run(async_caller())
-    else:
-        in_plain_thread(sync_caller)
+    assert_dispatch_raises_and_merges_nothing(run, signal, method, TimeoutError)
     assert cancelled == ["slow"]
 
 
