@@ -27,6 +27,7 @@ from structured_signals._compat import (
     asgiref_carrier,
     is_connected,
     rehomed,
+    shares_values,
     timeout_at,
 )
 from structured_signals._context import OnConflict, Writer, apply, merge
@@ -228,6 +229,11 @@ class Dispatch:
 
     def merge_into_caller(self) -> None:
         """Write the receivers' changes into the caller's current context."""
+        sync_end = self.sync_writers[-1].context if self.sync_writers else self.base
+        if shares_values(self.base, sync_end) and all(
+            shares_values(self.async_base, writer.context) for writer in self.async_writers
+        ):
+            return  # nobody wrote anything: the common case, in O(receivers)
         apply(
             merge(
                 base=self.base,
