@@ -46,6 +46,9 @@ def uvicorn(handler: str, loop: str = "asyncio") -> Iterator[Served]:
             *("-m", "uvicorn", f"demo_project.asgi_{handler}:application"),
             *("--host", "127.0.0.1", "--port", str(port), "--loop", loop),
             *("--lifespan", "off", "--log-level", "warning", "--backlog", "256"),
+            # Longer than any pause of the load generators, so that no
+            # keep-alive connection is closed under a request about to reuse it.
+            *("--timeout-keep-alive", "60"),
         ],
         cwd=PROJECT_PARENT,
         env={**os.environ, "PYTHONPATH": str(PROJECT_PARENT), "PYTHONWARNINGS": "ignore"},
