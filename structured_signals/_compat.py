@@ -70,6 +70,7 @@ __all__ = (
     "EagerTaskGroup",
     "TaskGroup",
     "asgiref_carrier",
+    "counts_cancellations",
     "is_connected",
     "listen_for_disconnect",
     "live_receivers",
@@ -100,6 +101,14 @@ def live_receivers(signal: Signal, sender: Any) -> tuple[list[Receiver], list[Re
         [r for r in receivers if not asgiref_iscoroutinefunction(r)],
         [r for r in receivers if asgiref_iscoroutinefunction(r)],
     )
+
+
+def counts_cancellations(task: asyncio.Task[Any] | None) -> bool:
+    """Whether `task` counts the cancellations requested of it (`cancelling()`).
+
+    Every task does from Python 3.11; below, only the taskgroup backport's.
+    """
+    return task is not None and hasattr(task, "cancelling")
 
 
 def shares_values(before: contextvars.Context, after: contextvars.Context) -> bool:

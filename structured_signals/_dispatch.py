@@ -25,6 +25,7 @@ from structured_signals._compat import (
     BaseExceptionGroup,
     EagerTaskGroup,
     asgiref_carrier,
+    counts_cancellations,
     is_connected,
     rehomed,
     shares_values,
@@ -129,7 +130,8 @@ class Dispatch:
 
         A lone receiver has no sibling to run beside: it is awaited in this
         task, in its own context, which is what a group of one does minus the
-        task and the trips through the loop.
+        task and the trips through the loop (where this task can tell its own
+        cancellation apart: Python 3.11+).
         """
         sync_end = self.sync_writers[-1].context if self.sync_writers else self.base
         start = rehomed(sync_end) if self.sync_ran_elsewhere else self._at_home(sync_end)
@@ -186,7 +188,9 @@ class Dispatch:
 
         async def run_all() -> None:
             nonlocal populating
-            if len(receivers) == 1:
+            # Telling a receiver's own CancelledError from this task being
+            # cancelled takes a task that counts its cancellations.
+            if len(receivers) == 1 and counts_cancellations(asyncio.current_task()):
                 await _InContext(contexts[0], call(0, receivers[0]))
                 return
             async with EagerTaskGroup() as group:

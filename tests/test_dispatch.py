@@ -356,3 +356,34 @@ def test_dispatches_keep_no_context_task_or_receiver_frame_alive_nor_grow_memory
     assert report.tasks_left == 0
     assert report.receiver_frames_left == 0
     assert report.grown_bytes < memory.LIMIT
+
+
+@pytest.mark.parametrize("method", ["send", "send_robust", "asend", "asend_robust"])
+def test_a_lone_receivers_own_cancelled_error_is_answered_when_robust_and_raised_otherwise(
+    run: Runner, method: str
+) -> None:
+    signal = StructuredSignal()
+
+    async def gives_up(**kwargs: Any) -> None:
+        written.set("by the lone receiver")
+        raise asyncio.CancelledError
+
+    signal.connect(gives_up)
+
+    async def async_caller() -> list[tuple[Any, Any]]:
+        result: list[tuple[Any, Any]] = await getattr(signal, method)(sender=None)
+        return result
+
+    def call() -> list[tuple[Any, Any]]:
+        if method.startswith("a"):
+            result: list[tuple[Any, Any]] = run(async_caller())
+            return result
+        return in_plain_thread(lambda: getattr(signal, method)(sender=None))
+
+    if method.endswith("robust"):
+        ((receiver, response),) = call()
+        assert receiver is gives_up
+        assert isinstance(response, asyncio.CancelledError)
+    else:
+        with pytest.raises(asyncio.CancelledError):
+            call()
