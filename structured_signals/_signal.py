@@ -102,7 +102,14 @@ class StructuredSignal(Signal):
                 "object with a __call__ method."
             )
         if _calls_async(receiver):
-            markcoroutinefunction(receiver)
+            try:
+                markcoroutinefunction(receiver)
+            except AttributeError:
+                raise TypeError(
+                    f"{receiver!r} has an async __call__ that cannot be marked as one "
+                    "(its class has __slots__): connect its bound method instead, "
+                    "signal.connect(obj.__call__)."
+                ) from None
         super().connect(receiver, *args, **kwargs)
 
     def disconnect(self, *args: Any, **kwargs: Any) -> bool:

@@ -1017,6 +1017,22 @@ def test_an_object_with_an_async_call_method_is_awaited_as_an_async_receiver(
     assert seen == "set by an async __call__"
 
 
+def test_an_async_callable_with_slots_is_refused_with_the_way_to_connect_it() -> None:
+    class Slotted:
+        __slots__ = ()
+
+        async def __call__(self, **kwargs: Any) -> None:
+            pass
+
+    signal = StructuredSignal()
+    handler = Slotted()
+    with pytest.raises(TypeError, match=r"signal.connect\(obj.__call__\)"):
+        signal.connect(handler, weak=False)
+    assert signal.receivers == []
+    signal.connect(handler.__call__, weak=False)
+    assert signal.send(sender=None) == [(handler.__call__, None)]
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_a_sync_receiver_that_returns_an_awaitable_gets_a_clear_error_naming_it(
     run: Runner, method: str
