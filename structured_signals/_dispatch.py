@@ -133,11 +133,14 @@ class Dispatch:
         task and the trips through the loop (where this task can tell its own
         cancellation apart: Python 3.11+).
         """
-        sync_end = self.sync_writers[-1].context if self.sync_writers else self.base
+        sync_end = self._sync_end
         start = rehomed(sync_end) if self.sync_ran_elsewhere else self._at_home(sync_end)
         self.async_base = start
-        shared = start.copy()
-        contexts = [start.copy() for _ in receivers] if self.isolated else [shared] * len(receivers)
+        if self.isolated:
+            contexts = [start.copy() for _ in receivers]
+        else:
+            shared = start.copy()
+            contexts = [shared] * len(receivers)
         outcomes: list[Any] = [None] * len(receivers)
         failed = [False] * len(receivers)
         skipped = [False] * len(receivers)
@@ -233,8 +236,7 @@ class Dispatch:
 
     def merge_into_caller(self) -> None:
         """Write the receivers' changes into the caller's current context."""
-        sync_end = self.sync_writers[-1].context if self.sync_writers else self.base
-        if shares_values(self.base, sync_end) and all(
+        if shares_values(self.base, self._sync_end) and all(
             shares_values(self.async_base, writer.context) for writer in self.async_writers
         ):
             return  # nobody wrote anything: the common case, in O(receivers)
@@ -248,6 +250,11 @@ class Dispatch:
                 on_conflict=self.on_conflict,
             )
         )
+
+    @property
+    def _sync_end(self) -> contextvars.Context:
+        """Where the sync receivers left off: the last kept one's context, or the base."""
+        return self.sync_writers[-1].context if self.sync_writers else self.base
 
     def _at_home(self, context: contextvars.Context) -> contextvars.Context:
         """`context`, re-homed if this is not the caller's thread."""
