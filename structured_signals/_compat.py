@@ -50,7 +50,9 @@ if sys.version_info >= (3, 12):
                 return super().create_task(coro, name=name, context=context)
             task = asyncio.Task(coro, loop=loop, name=name, context=context, eager_start=True)
             if task.done():
-                self._on_task_done(task)
+                # The group's bookkeeping is only for a task that failed.
+                if task.cancelled() or task.exception() is not None:
+                    self._on_task_done(task)
             else:
                 self._tasks.add(task)
                 task.add_done_callback(self._on_task_done)

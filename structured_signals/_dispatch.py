@@ -15,9 +15,10 @@ import contextvars
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Generator
+import types
+from collections.abc import Awaitable, Callable, Generator
 from functools import partial
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from asgiref.sync import async_to_sync, sync_to_async
 
@@ -31,12 +32,12 @@ from structured_signals._compat import (
     shares_values,
     timeout_at,
 )
-from structured_signals._context import OnConflict, Writer, apply, merge
+from structured_signals._context import Writer, apply, merge
 
 if TYPE_CHECKING:
-    from django.dispatch import Signal
+    from structured_signals._signal import StructuredSignal
 
-__all__ = ("Dispatch", "Responses", "describe")
+__all__ = ("Dispatch", "Responses", "describe", "runs_alone", "send_to_one")
 
 Receiver = Callable[..., Any]
 Responses = list[tuple[Receiver, Any]]
@@ -58,27 +59,40 @@ def _qualname(receiver: Receiver) -> str:
 
 
 class Dispatch:
-    """The state of one dispatch, from the caller's snapshot to the merge."""
+    """The state of one dispatch, from the caller's snapshot to the merge.
+
+    The signal's options (context, on_conflict, timeout) are read as it begins.
+    """
+
+    __slots__ = (
+        "async_base",
+        "async_writers",
+        "base",
+        "disconnections",
+        "isolated",
+        "named",
+        "on_conflict",
+        "responses",
+        "robust",
+        "sender",
+        "signal",
+        "sync_ran_elsewhere",
+        "sync_writers",
+        "thread",
+        "timeout",
+    )
 
     def __init__(
-        self,
-        signal: Signal,
-        sender: Any,
-        named: dict[str, Any],
-        *,
-        robust: bool,
-        context: ContextMode,
-        on_conflict: OnConflict,
-        timeout: float | None,
+        self, signal: StructuredSignal, sender: Any, named: dict[str, Any], *, robust: bool
     ) -> None:
         self.signal = signal
         self.sender = sender
         self.named = named
         self.robust = robust
-        self.isolated = context == "isolated"
-        self.on_conflict = on_conflict
-        self.timeout = timeout
-        self.disconnections: int = getattr(signal, "_disconnections", 0)
+        self.isolated = signal.context == "isolated"
+        self.on_conflict = signal.on_conflict
+        self.timeout = signal.timeout
+        self.disconnections = signal._disconnections
         # Local storages are tagged with the thread that wrote them (asgiref
         # 3.12+): re-home them only when receivers run on another thread.
         self.thread = threading.get_ident()
@@ -108,7 +122,7 @@ class Dispatch:
                 # A sync receiver's CancelledError is its own: nothing cancels a thread.
                 if not self.robust:
                     raise
-                self._log_failure(receiver, err)
+                _log_failure(receiver, err)
                 self.responses.append((receiver, err))
                 # A failed receiver's writes are dropped in isolated mode; in
                 # shared mode they stay, as in Django 6.1.
@@ -122,17 +136,11 @@ class Dispatch:
     async def run_sync_in_thread(self, receivers: list[Receiver]) -> None:
         """Run sync receivers in one sync_to_async(thread_sensitive=True) call."""
         hop = sync_to_async(self.run_sync, thread_sensitive=True)
-        await _InContext(asgiref_carrier(), hop(receivers))
+        await _in_context(asgiref_carrier(), hop(receivers))
         self.sync_ran_elsewhere = True
 
     async def run_async(self, receivers: list[Receiver]) -> None:
-        """Run async receivers concurrently in a TaskGroup, on the current loop.
-
-        A lone receiver has no sibling to run beside: it is awaited in this
-        task, in its own context, which is what a group of one does minus the
-        task and the trips through the loop (where this task can tell its own
-        cancellation apart: Python 3.11+).
-        """
+        """Run async receivers concurrently in a TaskGroup, on the current loop."""
         sync_end = self._sync_end
         start = rehomed(sync_end) if self.sync_ran_elsewhere else self._at_home(sync_end)
         self.async_base = start
@@ -150,7 +158,7 @@ class Dispatch:
         # pending cancel after uncancel()) and refuse the remaining
         # create_task calls; deferring the error by one loop step makes eager
         # dispatch fail exactly as lazy dispatch does.
-        populating = len(receivers) > 1
+        populating = True
 
         # Sync receivers cannot be interrupted: the timeout bounds the async
         # ones, each on its own when robust (its TimeoutError is its response),
@@ -159,27 +167,21 @@ class Dispatch:
         if self.timeout is not None:
             deadline = asyncio.get_running_loop().time() + self.timeout
         each_deadline, group_deadline = (deadline, None) if self.robust else (None, deadline)
+        signal, sender, named = self.signal, self.sender, self.named
+        still_connected = self._still_connected
 
         async def call(index: int, receiver: Receiver) -> None:
-            if not self._still_connected(receiver):
+            if not still_connected(receiver):
                 skipped[index] = True
                 return
             try:
                 if each_deadline is None:
-                    outcomes[index] = await receiver(
-                        signal=self.signal, sender=self.sender, **self.named
-                    )
+                    outcomes[index] = await receiver(signal=signal, sender=sender, **named)
                 else:
                     async with timeout_at(each_deadline):
-                        outcomes[index] = await receiver(
-                            signal=self.signal, sender=self.sender, **self.named
-                        )
-            except BaseException as err:  # noqa: BLE001 -- sorted out below, re-raised
-                own_cancel = (
-                    isinstance(err, asyncio.CancelledError) and not _cancelled_from_outside()
-                )
-                if self.robust and (own_cancel or isinstance(err, Exception)):
-                    self._log_failure(receiver, err)
+                        outcomes[index] = await receiver(signal=signal, sender=sender, **named)
+            except BaseException as err:
+                if _answers(self.robust, receiver, err):
                     outcomes[index] = err
                     failed[index] = True
                     return
@@ -187,15 +189,12 @@ class Dispatch:
                     await asyncio.sleep(0)
                 # The TaskGroup would take a receiver's own CancelledError for
                 # the receiver being cancelled, and go on without a word.
-                raise _ReceiverCancelled(err) if own_cancel else err  # noqa: B904
+                if _own_cancellation(err):
+                    raise _ReceiverCancelled(err) from None
+                raise
 
         async def run_all() -> None:
             nonlocal populating
-            # Telling a receiver's own CancelledError from this task being
-            # cancelled takes a task that counts its cancellations.
-            if len(receivers) == 1 and counts_cancellations(asyncio.current_task()):
-                await _InContext(contexts[0], call(0, receivers[0]))
-                return
             async with EagerTaskGroup() as group:
                 for index, (receiver, context) in enumerate(zip(receivers, contexts)):
                     group.create_task(call(index, receiver), context=context)
@@ -221,14 +220,12 @@ class Dispatch:
             contexts = [contexts[index] for index in kept]
             failed = [failed[index] for index in kept]
         self.responses.extend(zip(receivers, outcomes))
-        if self.isolated:
-            self.async_writers = [
-                Writer(partial(describe, receiver), context)
-                for receiver, context, lost in zip(receivers, contexts, failed)
-                if not lost
-            ]
-        else:
-            self.async_writers = [Writer(partial(_shared_name, receivers), shared)]
+        if not self.isolated:
+            self._keep_writer(partial(_shared_name, *receivers), shared)
+            return
+        for receiver, context, lost in zip(receivers, contexts, failed):
+            if not lost:
+                self._keep_writer(partial(describe, receiver), context)
 
     def run_async_from_sync(self, receivers: list[Receiver]) -> None:
         """Run async receivers from sync code, through async_to_sync."""
@@ -236,8 +233,8 @@ class Dispatch:
 
     def merge_into_caller(self) -> None:
         """Write the receivers' changes into the caller's current context."""
-        if shares_values(self.base, self._sync_end) and all(
-            shares_values(self.async_base, writer.context) for writer in self.async_writers
+        if not self.async_writers and (
+            not self.sync_writers or shares_values(self.base, self._sync_end)
         ):
             return  # nobody wrote anything: the common case, in O(receivers)
         apply(
@@ -260,21 +257,93 @@ class Dispatch:
         """`context`, re-homed if this is not the caller's thread."""
         return context if threading.get_ident() == self.thread else rehomed(context)
 
+    def _keep_writer(self, describe: Callable[[], str], context: contextvars.Context) -> None:
+        """Count `context` among the async writers, unless nobody wrote in it."""
+        # An unwritten copy has nothing to merge: recognised in O(1).
+        if not shares_values(self.async_base, context):
+            self.async_writers.append(Writer(describe, context))
+
     def _still_connected(self, receiver: Receiver) -> bool:
         """False once `receiver`'s disconnect() has returned, even mid-dispatch."""
-        disconnections: int = getattr(self.signal, "_disconnections", 0)
-        return disconnections == self.disconnections or is_connected(self.signal, receiver)
-
-    def _log_failure(self, receiver: Receiver, err: BaseException) -> None:
-        logger.error(
-            "Error calling %s in Signal.send_robust() (%s)",
-            _qualname(receiver),
-            err,
-            exc_info=err,
+        return self.signal._disconnections == self.disconnections or is_connected(
+            self.signal, receiver
         )
 
 
-def _shared_name(receivers: list[Receiver]) -> str:
+def runs_alone(
+    signal: StructuredSignal, sync_receivers: list[Receiver], async_receivers: list[Receiver]
+) -> bool:
+    """Whether the dispatch is one async receiver and nothing else: see `send_to_one`."""
+    # A deadline needs a task to cancel; telling the receiver's own
+    # CancelledError from the caller being cancelled needs a task that counts
+    # its cancellations (Python 3.11+).
+    return (
+        not sync_receivers
+        and len(async_receivers) == 1
+        and signal.timeout is None
+        and counts_cancellations(asyncio.current_task())
+    )
+
+
+async def send_to_one(
+    signal: StructuredSignal,
+    receiver: Receiver,
+    sender: Any,
+    named: dict[str, Any],
+    *,
+    robust: bool,
+) -> Responses:
+    """Dispatch to a lone async receiver: awaited in this task, in its own context.
+
+    It has no sibling to run beside: this is what a TaskGroup of one does,
+    minus the task, the trips through the event loop and a Dispatch's
+    bookkeeping.
+    """
+    isolated = signal.context == "isolated"
+    base = contextvars.copy_context()
+    context = base.copy()
+    try:
+        # Called in its context too: a marked sync callable runs code when called.
+        awaitable = context.run(receiver, signal=signal, sender=sender, **named)
+        response = await _in_context(context, awaitable)
+    except BaseException as err:
+        if not _answers(robust, receiver, err):
+            raise
+        response = err
+        if isolated:
+            return [(receiver, response)]
+    if not shares_values(base, context):
+        writer = Writer(partial(describe if isolated else _shared_name, receiver), context)
+        changed = merge(
+            base=base,
+            caller=contextvars.copy_context(),
+            sync_writers=(),
+            async_base=base,
+            async_writers=(writer,),
+            on_conflict=signal.on_conflict,
+        )
+        apply(changed)
+    return [(receiver, response)]
+
+
+def _answers(robust: bool, receiver: Receiver, err: BaseException) -> bool:
+    """Whether `err` becomes `receiver`'s response (robust dispatch), logged."""
+    if robust and (isinstance(err, Exception) or _own_cancellation(err)):
+        _log_failure(receiver, err)
+        return True
+    return False
+
+
+def _log_failure(receiver: Receiver, err: BaseException) -> None:
+    logger.error(
+        "Error calling %s in Signal.send_robust() (%s)",
+        _qualname(receiver),
+        err,
+        exc_info=err,
+    )
+
+
+def _shared_name(*receivers: Receiver) -> str:
     return f"{', '.join(map(describe, receivers))} (shared context)"
 
 
@@ -290,10 +359,16 @@ def _unwrapped(error: BaseException) -> BaseException:
     return error.cancelled if isinstance(error, _ReceiverCancelled) else error
 
 
-def _cancelled_from_outside() -> bool:
-    """Whether the current task is being cancelled (by the group, the caller, a timeout)."""
+def _own_cancellation(err: BaseException) -> bool:
+    """Whether `err` is a CancelledError the receiver raised itself.
+
+    Not one thrown into it because its task is being cancelled (by the group,
+    the caller, a timeout).
+    """
+    if not isinstance(err, asyncio.CancelledError):
+        return False
     task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+    return task is None or task.cancelling() == 0
 
 
 def _awaitable_from_sync_receiver(receiver: Receiver, response: Any) -> TypeError:
@@ -306,34 +381,31 @@ def _awaitable_from_sync_receiver(receiver: Receiver, response: Any) -> TypeErro
     )
 
 
-class _InContext(Generic[_T]):
-    """Await `coroutine` with every step of it run inside `context`.
+async def _awaited(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable
+
+
+@types.coroutine
+def _in_context(context: contextvars.Context, awaitable: Awaitable[_T]) -> Generator[Any, Any, _T]:
+    """Await `awaitable` with every step of it run inside `context`.
 
     A task would do the same, but costs a task and, below Python 3.11, cannot
-    be given a context.
+    be given a context. (A generator, not a class: the cheapest awaitable.)
     """
-
-    def __init__(self, context: contextvars.Context, coroutine: Coroutine[Any, Any, _T]) -> None:
-        self._context = context
-        self._coroutine = coroutine
-
-    def __await__(self) -> Generator[Any, Any, _T]:
-        run, coroutine = self._context.run, self._coroutine
-        message: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                if error is None:
-                    yielded = run(coroutine.send, message)
-                else:
-                    yielded = run(coroutine.throw, error)
-            except StopIteration as stop:
-                result: _T = stop.value
-                return result
-            try:
-                message, error = (yield yielded), None
-            except GeneratorExit:
-                run(coroutine.close)
-                raise
-            except BaseException as thrown:  # noqa: BLE001 -- handed on to the coroutine
-                message, error = None, thrown
+    run = context.run
+    coroutine = awaitable if isinstance(awaitable, types.CoroutineType) else _awaited(awaitable)
+    step: Callable[[Any], Any] = coroutine.send
+    message: Any = None
+    while True:
+        try:
+            yielded = run(step, message)
+        except StopIteration as stop:
+            result: _T = stop.value
+            return result
+        try:
+            message, step = (yield yielded), coroutine.send
+        except GeneratorExit:
+            run(coroutine.close)
+            raise
+        except BaseException as thrown:  # noqa: BLE001 -- handed on to the coroutine
+            message, step = thrown, coroutine.throw

@@ -10,7 +10,13 @@ from django.dispatch import Signal
 from django.dispatch.dispatcher import NO_RECEIVERS
 
 from structured_signals._compat import live_receivers
-from structured_signals._dispatch import ContextMode, Dispatch, Responses
+from structured_signals._dispatch import (
+    ContextMode,
+    Dispatch,
+    Responses,
+    runs_alone,
+    send_to_one,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -148,7 +154,7 @@ class StructuredSignal(Signal):
         if not self.receivers or self.sender_receivers_cache.get(sender) is NO_RECEIVERS:
             return []
         sync_receivers, async_receivers = live_receivers(self, sender)
-        dispatch = self._dispatch(sender, named, robust)
+        dispatch = Dispatch(self, sender, named, robust=robust)
         dispatch.run_sync(sync_receivers)
         if async_receivers:
             dispatch.run_async_from_sync(async_receivers)
@@ -159,24 +165,15 @@ class StructuredSignal(Signal):
         if not self.receivers or self.sender_receivers_cache.get(sender) is NO_RECEIVERS:
             return []
         sync_receivers, async_receivers = live_receivers(self, sender)
-        dispatch = self._dispatch(sender, named, robust)
+        if runs_alone(self, sync_receivers, async_receivers):
+            return await send_to_one(self, async_receivers[0], sender, named, robust=robust)
+        dispatch = Dispatch(self, sender, named, robust=robust)
         if sync_receivers:
             await dispatch.run_sync_in_thread(sync_receivers)
         if async_receivers:
             await dispatch.run_async(async_receivers)
         dispatch.merge_into_caller()
         return dispatch.responses
-
-    def _dispatch(self, sender: Any, named: dict[str, Any], robust: bool) -> Dispatch:
-        return Dispatch(
-            self,
-            sender,
-            named,
-            robust=robust,
-            context=self.context,
-            on_conflict=self.on_conflict,
-            timeout=self.timeout,
-        )
 
 
 def _calls_async(receiver: Callable[..., Any]) -> bool:
