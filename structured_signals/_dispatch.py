@@ -168,10 +168,11 @@ class Dispatch:
             deadline = asyncio.get_running_loop().time() + self.timeout
         each_deadline, group_deadline = (deadline, None) if self.robust else (None, deadline)
         signal, sender, named = self.signal, self.sender, self.named
-        still_connected = self._still_connected
+        disconnections = self.disconnections
 
         async def call(index: int, receiver: Receiver) -> None:
-            if not still_connected(receiver):
+            # As _still_connected(), inline: this runs once per receiver.
+            if signal._disconnections != disconnections and not is_connected(signal, receiver):
                 skipped[index] = True
                 return
             try:
@@ -196,8 +197,9 @@ class Dispatch:
         async def run_all() -> None:
             nonlocal populating
             async with EagerTaskGroup() as group:
-                for index, (receiver, context) in enumerate(zip(receivers, contexts)):
-                    group.create_task(call(index, receiver), context=context)
+                create_task = group.create_task
+                for index, receiver in enumerate(receivers):
+                    create_task(call(index, receiver), context=contexts[index])
                 populating = False
 
         try:
