@@ -4,15 +4,19 @@ Serves demo/demo_project (3 request_started and 2 request_finished
 receivers, sync and async) with uvicorn on 127.0.0.1, once with Django's
 ASGIHandler and once with StructuredASGIHandler, round after round in
 alternating order, and drives each with benchmarks/load.py in a second
-process: a fixed number of requests per round, bounded in time.
+process: a fixed number of requests per round, bounded in time. With two
+CPUs or more, the server runs on one and the load generator on another, so
+that they do not take turns on the same core. Each round pairs the two
+handlers; the ratio reported is the median of the rounds' ratios.
 
-    python benchmarks/end_to_end.py [--rounds 5] [--requests 5000]
+    python benchmarks/end_to_end.py [--rounds 12] [--requests 2000]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,12 +30,21 @@ from demo_project.serve import uvicorn
 
 LOAD = Path(__file__).parent / "load.py"
 HANDLERS = {"django": "Django's ASGIHandler", "structured": "StructuredASGIHandler"}
+# The server gets the first CPU this process may use, the load generator the
+# second; with a single CPU they share it.
+CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+SERVER_CPU, LOAD_CPU = (CPUS[0], CPUS[1]) if len(CPUS) >= 2 else (None, None)
 
 
 def one_round(handler: str, requests: int, connections: int) -> dict[str, float]:
     with uvicorn(handler) as served:
+        if SERVER_CPU is not None:
+            # Before the first request: the threads Django starts inherit it.
+            os.sched_setaffinity(served.pid, {SERVER_CPU})
         port = served.url.rsplit(":", 1)[1]
         common = [sys.executable, str(LOAD), "--port", port, "--connections", str(connections)]
+        if LOAD_CPU is not None:
+            common += ["--cpu", str(LOAD_CPU)]
         subprocess.run(
             [*common, "--requests", str(requests // 10)], check=True, capture_output=True
         )
@@ -47,8 +60,8 @@ def one_round(handler: str, requests: int, connections: int) -> dict[str, float]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=16)
     arguments = parser.parse_args()
     samples: dict[str, list[dict[str, float]]] = {handler: [] for handler in HANDLERS}
@@ -63,15 +76,23 @@ def main() -> int:
         for handler, runs in samples.items()
     }
     errors = sum(s["errors"] for runs in samples.values() for s in runs)
-    ratio = median["structured"]["rps"] / median["django"]["rps"]
+    ratios = sorted(
+        ours["rps"] / theirs["rps"]
+        for ours, theirs in zip(samples["structured"], samples["django"])
+    )
     command = (
         f"python benchmarks/end_to_end.py --rounds {arguments.rounds} "
         f"--requests {arguments.requests} --connections {arguments.connections}"
     )
+    pinning = (
+        f"server on CPU {SERVER_CPU}, load generator on CPU {LOAD_CPU}"
+        if SERVER_CPU is not None
+        else "server and load generator on one CPU"
+    )
     lines = [
         f"End to end, medians of {arguments.rounds} rounds: Python {sys.version.split()[0]}, "
         f"Django {django.get_version()}, uvicorn, {arguments.connections} connections, "
-        f"{errors} errors, `{command}`",
+        f"{pinning}, {errors} errors, `{command}`",
         "",
         "| handler | requests/s | p50 ms | p99 ms |",
         "|---|---|---|---|",
@@ -80,7 +101,9 @@ def main() -> int:
             for h, m in median.items()
         ),
         "",
-        f"StructuredASGIHandler / Django's: {ratio:.3f} of the requests per second",
+        f"StructuredASGIHandler / Django's requests per second, median of the rounds' "
+        f"ratios: {statistics.median(ratios):.3f} (rounds ranged {ratios[0]:.3f} to "
+        f"{ratios[-1]:.3f})",
     ]
     report = "\n".join(lines) + "\n"
     print(report)

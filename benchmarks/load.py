@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import time
@@ -83,7 +84,10 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--duration", type=float, default=60)
+    parser.add_argument("--cpu", type=int, help="run on this CPU only")
     arguments = parser.parse_args()
+    if arguments.cpu is not None:
+        os.sched_setaffinity(0, {arguments.cpu})
     result = asyncio.run(
         load(
             arguments.port,

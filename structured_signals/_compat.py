@@ -83,6 +83,7 @@ __all__ = (
     "script_prefix",
     "shares_values",
     "timeout_at",
+    "unshared_items",
 )
 
 Receiver = Callable[..., Any]
@@ -124,6 +125,122 @@ def shares_values(before: contextvars.Context, after: contextvars.Context) -> bo
     """
     before_parts, after_parts = gc.get_referents(before), gc.get_referents(after)
     return len(before_parts) == len(after_parts) == 1 and before_parts[0] is after_parts[0]
+
+
+# The node types of CPython's HAMT (Python/hamt.c), the immutable mapping of a
+# Context, by name: they are not exposed anywhere else.
+_HAMT_NODES = frozenset({"hamt_bitmap_node", "hamt_array_node", "hamt_collision_node"})
+Items = dict[contextvars.ContextVar[Any], Any]
+
+
+class _Unreadable(Exception):
+    """A mapping node that does not look like CPython's."""
+
+
+def unshared_items(before: contextvars.Context, after: contextvars.Context) -> tuple[Items, Items]:
+    """Each context's items outside the mapping nodes the two share.
+
+    A copied Context shares CPython's HAMT with its original, and setting a
+    variable in the copy replaces only the nodes on the path to it: every
+    variable missing from both results has the same value in both contexts.
+    Walking the two trees side by side costs O(writes x depth), not
+    O(variables). Where the mapping cannot be read so (another Python, an
+    entered context), the results are the contexts' whole items.
+    """
+    before_root, after_root = _hamt_root(before), _hamt_root(after)
+    if before_root is not None and after_root is not None:
+        old: Items = {}
+        new: Items = {}
+        try:
+            _collect_unshared(before_root, after_root, old, new)
+        except _Unreadable:
+            pass
+        else:
+            return old, new
+    return dict(before.items()), dict(after.items())
+
+
+def _hamt_root(context: contextvars.Context) -> object | None:
+    parts = gc.get_referents(context)
+    if len(parts) != 1:
+        return None
+    roots = gc.get_referents(parts[0])
+    if len(roots) != 1 or type(roots[0]).__name__ not in _HAMT_NODES:
+        return None
+    root: object = roots[0]
+    return root
+
+
+def _collect_unshared(before: object, after: object, old: Items, new: Items) -> None:
+    """Add the items of two HAMT nodes, minus the subtrees both share, to `old`, `new`.
+
+    Right for any pairing of the children: a subtree skipped is one object
+    in both trees, so its variables have one value in both; every other
+    variable of either tree is added, with its value there.
+    """
+    if before is after:
+        return
+    before_items, before_nodes = _node_entries(before)
+    after_items, after_nodes = _node_entries(after)
+    old.update(before_items)
+    new.update(after_items)
+    # A node lists its children in slot order: a write that replaced one child
+    # leaves the others where they were, and the lone pair left is the path to
+    # it. A child that moved is merely read whole: slower, never wrong.
+    if len(before_nodes) == len(after_nodes):
+        differ = [pair for pair in zip(before_nodes, after_nodes) if pair[0] is not pair[1]]
+        if len(differ) == 1:
+            _collect_unshared(*differ[0], old, new)
+            return
+        only_before = [before_node for before_node, _ in differ]
+        only_after = [after_node for _, after_node in differ]
+    else:
+        after_ids, before_ids = set(map(id, after_nodes)), set(map(id, before_nodes))
+        only_before = [node for node in before_nodes if id(node) not in after_ids]
+        only_after = [node for node in after_nodes if id(node) not in before_ids]
+    for node in only_before:
+        _collect_all(node, old)
+    for node in only_after:
+        _collect_all(node, new)
+
+
+def _collect_all(node: object, items: Items) -> None:
+    node_items, children = _node_entries(node)
+    items.update(node_items)
+    for child in children:
+        _collect_all(child, items)
+
+
+def _node_entries(node: object) -> tuple[Items, list[object]]:
+    """A HAMT node's own (variable, value) items, and its child nodes."""
+    referents = gc.get_referents(node)
+    if type(node) is _ARRAY_NODE:
+        return {}, referents  # it holds child nodes only
+    items: Items = {}
+    children: list[object] = []
+    # CPython visits a node's slots last to first: a value comes just before
+    # its key, a child node alone. Read backwards, keys tell values apart.
+    position = len(referents) - 1
+    while position >= 0:
+        entry = referents[position]
+        if type(entry) is contextvars.ContextVar and position > 0:
+            items[entry] = referents[position - 1]
+            position -= 2
+        elif type(entry).__name__ in _HAMT_NODES:
+            children.append(entry)
+            position -= 1
+        else:
+            raise _Unreadable(entry)
+    return items, children
+
+
+def _array_node_type() -> type | None:
+    """The type of a HAMT node holding only children (one of over 16)."""
+    crowded = contextvars.Context()
+    variables = [contextvars.ContextVar[int](f"probe{i}") for i in range(64)]
+    crowded.run(_set_values, [(variable, 0) for variable in variables])
+    root = _hamt_root(crowded)
+    return type(root) if type(root).__name__ == "hamt_array_node" else None
 
 
 def is_connected(signal: Signal, receiver: Receiver) -> bool:
@@ -223,6 +340,9 @@ def asgiref_carrier() -> contextvars.Context:
 def _set_values(values: list[tuple[contextvars.ContextVar[Any], Any]]) -> None:
     for variable, value in values:
         variable.set(value)
+
+
+_ARRAY_NODE = _array_node_type()
 
 
 # Django's ASGIHandler is imported lazily: importing it creates Django's

@@ -22,6 +22,7 @@ from structured_signals._compat import (
     local_attributes,
     local_storage,
     shares_values,
+    unshared_items,
 )
 
 __all__ = (
@@ -179,8 +180,9 @@ def changes(before: contextvars.Context, after: contextvars.Context) -> dict[Key
     changed: dict[Key, object] = {}
     if shares_values(before, after):
         return changed
-    for variable, value in after.items():
-        old = before.get(variable, MISSING)
+    old_items, new_items = unshared_items(before, after)
+    for variable, value in new_items.items():
+        old = old_items.get(variable, MISSING)
         if value is old or variable in ASGIREF_VARIABLES:
             continue
         attributes = local_attributes(variable, value)

@@ -8,6 +8,8 @@ from typing import Any
 from asgiref.local import Local
 from asgiref.sync import SyncToAsync
 from django.dispatch import Signal
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support import in_plain_thread
 
 from structured_signals._compat import (
@@ -17,6 +19,8 @@ from structured_signals._compat import (
     local_attributes,
     local_storage,
     rehomed,
+    shares_values,
+    unshared_items,
 )
 
 state = Local()
@@ -99,3 +103,78 @@ def test_asgiref_carrier_holds_asgirefs_variables_and_nothing_else() -> None:
 def test_asgiref_variables_include_the_thread_selecting_ones() -> None:
     assert SyncToAsync.thread_sensitive_context in ASGIREF_VARIABLES
     assert SyncToAsync.deadlock_context in ASGIREF_VARIABLES
+
+
+POOL = [contextvars.ContextVar[object](f"pool{i}") for i in range(1500)]
+VALUES = [object() for _ in range(8)]
+UNSET = object()
+
+
+def context_holding(assignments: dict[int, int]) -> contextvars.Context:
+    context = contextvars.Context()
+    for index, value in assignments.items():
+        context.run(POOL[index].set, VALUES[value])
+    return context
+
+
+def changed_by_walking(
+    before: contextvars.Context, after: contextvars.Context
+) -> dict[contextvars.ContextVar[object], object]:
+    return {v: value for v, value in after.items() if before.get(v, UNSET) is not value}
+
+
+def changed_by_unshared_items(
+    before: contextvars.Context, after: contextvars.Context
+) -> dict[contextvars.ContextVar[object], object]:
+    old, new = unshared_items(before, after)
+    return {v: value for v, value in new.items() if old.get(v, UNSET) is not value}
+
+
+indexes = st.integers(min_value=0, max_value=len(POOL) - 1)
+values = st.integers(min_value=0, max_value=len(VALUES) - 1)
+
+
+@settings(deadline=None, max_examples=300)
+@given(
+    base=st.dictionaries(indexes, values, max_size=1200),
+    writes=st.lists(st.tuples(indexes, values), max_size=40),
+)
+def test_unshared_items_find_exactly_the_variables_a_copy_changed(
+    base: dict[int, int], writes: list[tuple[int, int]]
+) -> None:
+    before = context_holding(base)
+    after = before.copy()
+    for index, value in writes:
+        after.run(POOL[index].set, VALUES[value])
+    assert changed_by_unshared_items(before, after) == changed_by_walking(before, after)
+
+
+def test_unshared_items_read_only_the_path_to_one_write_in_a_crowded_context() -> None:
+    before = context_holding({index: 0 for index in range(1000)})
+    after = before.copy()
+    after.run(POOL[7].set, "written")
+    old, new = unshared_items(before, after)
+    assert new[POOL[7]] == "written"
+    assert old[POOL[7]] is VALUES[0]
+    # The leaf node the variable sits in, not the thousand variables.
+    assert len(new) < 20
+
+
+def test_unshared_items_of_a_context_being_run_still_hold_its_changes() -> None:
+    before = context_holding({index: 0 for index in range(300)})
+    after = before.copy()
+
+    def inside() -> dict[contextvars.ContextVar[object], object]:
+        POOL[3].set(VALUES[1])
+        return changed_by_unshared_items(before, after)
+
+    assert after.run(inside) == {POOL[3]: VALUES[1]}
+
+
+def test_shares_values_recognises_an_unwritten_copy_and_nothing_else() -> None:
+    before = context_holding({index: 0 for index in range(100)})
+    copy = before.copy()
+    assert shares_values(before, copy)
+    copy.run(POOL[5].set, VALUES[0])  # the same value: still a write
+    assert not shares_values(before, copy)
+    assert not shares_values(before, context_holding({index: 0 for index in range(100)}))
