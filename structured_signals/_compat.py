@@ -131,22 +131,30 @@ def shares_values(before: contextvars.Context, after: contextvars.Context) -> bo
 # Context, by name: they are not exposed anywhere else.
 _HAMT_NODES = frozenset({"hamt_bitmap_node", "hamt_array_node", "hamt_collision_node"})
 Items = dict[contextvars.ContextVar[Any], Any]
+# Measured: below about this many variables, comparing every value is faster
+# than walking the nodes.
+_READ_WHOLE_UP_TO = 64
 
 
 class _Unreadable(Exception):
     """A mapping node that does not look like CPython's."""
 
 
-def unshared_items(before: contextvars.Context, after: contextvars.Context) -> tuple[Items, Items]:
+def unshared_items(
+    before: contextvars.Context, after: contextvars.Context
+) -> tuple[Mapping[contextvars.ContextVar[Any], Any], Mapping[contextvars.ContextVar[Any], Any]]:
     """Each context's items outside the mapping nodes the two share.
 
     A copied Context shares CPython's HAMT with its original, and setting a
     variable in the copy replaces only the nodes on the path to it: every
     variable missing from both results has the same value in both contexts.
     Walking the two trees side by side costs O(writes x depth), not
-    O(variables). Where the mapping cannot be read so (another Python, an
-    entered context), the results are the contexts' whole items.
+    O(variables). A small context (reading it whole is cheaper), or one whose
+    mapping cannot be read so (another Python, an entered context), is
+    answered with the contexts themselves.
     """
+    if len(after) <= _READ_WHOLE_UP_TO:
+        return before, after
     before_root, after_root = _hamt_root(before), _hamt_root(after)
     if before_root is not None and after_root is not None:
         old: Items = {}
@@ -157,7 +165,7 @@ def unshared_items(before: contextvars.Context, after: contextvars.Context) -> t
             pass
         else:
             return old, new
-    return dict(before.items()), dict(after.items())
+    return before, after
 
 
 def _hamt_root(context: contextvars.Context) -> object | None:

@@ -15,7 +15,7 @@ import contextvars
 import reprlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Union
+from typing import Any, Final, Literal, NamedTuple, Union
 
 from structured_signals._compat import (
     ASGIREF_VARIABLES,
@@ -93,11 +93,11 @@ _CALLER: Final = "caller"
 OnConflict = Union[Literal["raise", "first", "last"], Callable[[Conflict], object]]
 
 
-@dataclass(frozen=True)
-class Writer:
+class Writer(NamedTuple):
     """Receivers that ran in `context`, forked from the dispatch's contexts.
 
     `describe` gives their name; it is called only to report a conflict.
+    (A NamedTuple: a dispatch makes one per receiver that wrote.)
     """
 
     describe: Callable[[], str]
@@ -126,6 +126,10 @@ def merge(
     sync_end = sync_writers[-1].context if sync_writers else base
     sync_changes = changes(base, sync_end)
     async_changes = [(writer, changes(async_base, writer.context)) for writer in async_writers]
+    if len(async_changes) <= 1 and shares_values(base, caller):
+        # The caller wrote nothing meanwhile and no two writers ran side by
+        # side: nothing can conflict (the common case, taken in one pass).
+        return _layered(base, sync_changes, async_changes[0][1] if async_changes else {})
 
     result: dict[Key, object] = {}
     conflicts: list[Conflict] = []
@@ -152,6 +156,19 @@ def merge(
             result[key] = chosen[1]
     if conflicts:
         raise ContextConflictError(conflicts)
+    return result
+
+
+def _layered(
+    base: contextvars.Context, sync_changes: dict[Key, object], async_changes: dict[Key, object]
+) -> dict[Key, object]:
+    """The sync receivers' changes with the async ones' on top: they saw them."""
+    result = dict(sync_changes)
+    for key, value in async_changes.items():
+        if key in result and value is read(base, key):
+            del result[key]  # put back as it was before the dispatch
+        else:
+            result[key] = value
     return result
 
 
@@ -190,10 +207,12 @@ def changes(before: contextvars.Context, after: contextvars.Context) -> dict[Key
             changed[variable] = value
             continue
         old_attributes = local_attributes(variable, old) or {}
-        for attribute in (*attributes, *(a for a in old_attributes if a not in attributes)):
-            new_value = attributes.get(attribute, MISSING)
+        for attribute, new_value in attributes.items():
             if new_value is not old_attributes.get(attribute, MISSING):
                 changed[(variable, attribute)] = new_value
+        for attribute in old_attributes:
+            if attribute not in attributes:
+                changed[(variable, attribute)] = MISSING
     return changed
 
 

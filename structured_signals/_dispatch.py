@@ -116,7 +116,7 @@ class Dispatch:
                 response = attempt.run(
                     receiver, signal=self.signal, sender=self.sender, **self.named
                 )
-                if inspect.isawaitable(response):
+                if response is not None and inspect.isawaitable(response):
                     raise _awaitable_from_sync_receiver(receiver, response)
             except (Exception, asyncio.CancelledError) as err:
                 # A sync receiver's CancelledError is its own: nothing cancels a thread.
@@ -130,8 +130,10 @@ class Dispatch:
                     continue
             else:
                 self.responses.append((receiver, response))
+            # A receiver that wrote nothing is not a writer: recognised in O(1).
+            if not shares_values(context, attempt):
+                self.sync_writers.append(Writer(partial(describe, receiver), attempt))
             context = attempt
-            self.sync_writers.append(Writer(partial(describe, receiver), attempt))
 
     async def run_sync_in_thread(self, receivers: list[Receiver]) -> None:
         """Run sync receivers in one sync_to_async(thread_sensitive=True) call."""
@@ -235,10 +237,8 @@ class Dispatch:
 
     def merge_into_caller(self) -> None:
         """Write the receivers' changes into the caller's current context."""
-        if not self.async_writers and (
-            not self.sync_writers or shares_values(self.base, self._sync_end)
-        ):
-            return  # nobody wrote anything: the common case, in O(receivers)
+        if not self.sync_writers and not self.async_writers:
+            return  # nobody wrote anything: the common case
         apply(
             merge(
                 base=self.base,

@@ -136,13 +136,15 @@ values = st.integers(min_value=0, max_value=len(VALUES) - 1)
 
 @settings(deadline=None, max_examples=300)
 @given(
-    base=st.dictionaries(indexes, values, max_size=1200),
+    crowd=st.integers(min_value=0, max_value=1200),
+    base=st.dictionaries(indexes, values, max_size=50),
     writes=st.lists(st.tuples(indexes, values), max_size=40),
 )
 def test_unshared_items_find_exactly_the_variables_a_copy_changed(
-    base: dict[int, int], writes: list[tuple[int, int]]
+    crowd: int, base: dict[int, int], writes: list[tuple[int, int]]
 ) -> None:
-    before = context_holding(base)
+    # `crowd` variables make the context large enough for its nodes to be walked.
+    before = context_holding({**dict.fromkeys(range(crowd), 0), **base})
     after = before.copy()
     for index, value in writes:
         after.run(POOL[index].set, VALUES[value])
