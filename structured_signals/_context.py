@@ -195,7 +195,7 @@ def apply(changed: Mapping[Key, object]) -> None:
 def changes(before: contextvars.Context, after: contextvars.Context) -> dict[Key, object]:
     """Every key whose value in `after` is not the one in `before`."""
     changed: dict[Key, object] = {}
-    if shares_values(before, after):
+    if before is after or shares_values(before, after):
         return changed
     old_items, new_items = unshared_items(before, after)
     for variable, value in new_items.items():

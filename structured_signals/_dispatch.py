@@ -146,6 +146,9 @@ class Dispatch:
         sync_end = self._sync_end
         start = rehomed(sync_end) if self.sync_ran_elsewhere else self._at_home(sync_end)
         self.async_base = start
+        if len(receivers) == 1 and _can_run_alone(self.signal):
+            await self._run_alone(receivers[0], start)
+            return
         if self.isolated:
             contexts = [start.copy() for _ in receivers]
         else:
@@ -231,6 +234,19 @@ class Dispatch:
             if not lost:
                 self._keep_writer(partial(describe, receiver), context)
 
+    async def _run_alone(self, receiver: Receiver, start: contextvars.Context) -> None:
+        if not self._still_connected(receiver):
+            return
+        context = start.copy()
+        response, failed = await _run_alone(
+            self.signal, receiver, self.sender, self.named, context, robust=self.robust
+        )
+        self.responses.append((receiver, response))
+        if not (failed and self.isolated):
+            self._keep_writer(
+                partial(describe if self.isolated else _shared_name, receiver), context
+            )
+
     def run_async_from_sync(self, receivers: list[Receiver]) -> None:
         """Run async receivers from sync code, through async_to_sync."""
         asgiref_carrier().run(async_to_sync(self.run_async), receivers)
@@ -276,15 +292,7 @@ def runs_alone(
     signal: StructuredSignal, sync_receivers: list[Receiver], async_receivers: list[Receiver]
 ) -> bool:
     """Whether the dispatch is one async receiver and nothing else: see `send_to_one`."""
-    # A deadline needs a task to cancel; telling the receiver's own
-    # CancelledError from the caller being cancelled needs a task that counts
-    # its cancellations (Python 3.11+).
-    return (
-        not sync_receivers
-        and len(async_receivers) == 1
-        and signal.timeout is None
-        and counts_cancellations(asyncio.current_task())
-    )
+    return not sync_receivers and len(async_receivers) == 1 and _can_run_alone(signal)
 
 
 async def send_to_one(
@@ -295,26 +303,12 @@ async def send_to_one(
     *,
     robust: bool,
 ) -> Responses:
-    """Dispatch to a lone async receiver: awaited in this task, in its own context.
-
-    It has no sibling to run beside: this is what a TaskGroup of one does,
-    minus the task, the trips through the event loop and a Dispatch's
-    bookkeeping.
-    """
+    """Dispatch to a lone async receiver, without a Dispatch's bookkeeping."""
     isolated = signal.context == "isolated"
     base = contextvars.copy_context()
     context = base.copy()
-    try:
-        # Called in its context too: a marked sync callable runs code when called.
-        awaitable = context.run(receiver, signal=signal, sender=sender, **named)
-        response = await _in_context(context, awaitable)
-    except BaseException as err:
-        if not _answers(robust, receiver, err):
-            raise
-        response = err
-        if isolated:
-            return [(receiver, response)]
-    if not shares_values(base, context):
+    response, failed = await _run_alone(signal, receiver, sender, named, context, robust=robust)
+    if not (failed and isolated) and not shares_values(base, context):
         writer = Writer(partial(describe if isolated else _shared_name, receiver), context)
         changed = merge(
             base=base,
@@ -326,6 +320,37 @@ async def send_to_one(
         )
         apply(changed)
     return [(receiver, response)]
+
+
+def _can_run_alone(signal: StructuredSignal) -> bool:
+    # A deadline needs a task to cancel; telling the receiver's own
+    # CancelledError from the caller being cancelled needs a task that counts
+    # its cancellations (Python 3.11+).
+    return signal.timeout is None and counts_cancellations(asyncio.current_task())
+
+
+async def _run_alone(
+    signal: StructuredSignal,
+    receiver: Receiver,
+    sender: Any,
+    named: dict[str, Any],
+    context: contextvars.Context,
+    *,
+    robust: bool,
+) -> tuple[Any, bool]:
+    """Await a lone async receiver in this task, in `context`: (response, failed).
+
+    It has no sibling to run beside: this is what a TaskGroup of one does,
+    minus the task and the trips through the event loop.
+    """
+    try:
+        # Called in its context too: a marked sync callable runs code when called.
+        awaitable = context.run(receiver, signal=signal, sender=sender, **named)
+        return await _in_context(context, awaitable), False
+    except BaseException as err:
+        if not _answers(robust, receiver, err):
+            raise
+        return err, True
 
 
 def _answers(robust: bool, receiver: Receiver, err: BaseException) -> bool:
