@@ -1,20 +1,22 @@
 """End to end: requests per second under uvicorn, Django's handler against ours.
 
 Serves demo/demo_project (3 request_started and 2 request_finished
-receivers, sync and async) with uvicorn on 127.0.0.1, once with Django's
-ASGIHandler and once with StructuredASGIHandler, round after round in
-alternating order, and drives each with benchmarks/load.py in a second
-process: a fixed number of requests per round, bounded in time. With two
-CPUs or more, the server runs on one and the load generator on another, so
-that they do not take turns on the same core. Each round pairs the two
-handlers; the ratio reported is the median of the rounds' ratios.
+receivers, sync and async) with uvicorn on 127.0.0.1, one server with
+Django's ASGIHandler and one with StructuredASGIHandler, both started (and
+warmed up) once, and drives them in turn, round after round in alternating
+order, with benchmarks/load.py in another process: a fixed number of
+requests per round, bounded in time. With two CPUs or more, the servers run
+on one and the load generator on another, so that they do not take turns on
+the same core. Each round pairs the two handlers; the ratio reported is the
+median of the rounds' ratios.
 
-    python benchmarks/end_to_end.py [--rounds 12] [--requests 2000]
+    python benchmarks/end_to_end.py [--rounds 20] [--requests 2000]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -36,39 +38,39 @@ CPUS = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 
 SERVER_CPU, LOAD_CPU = (CPUS[0], CPUS[1]) if len(CPUS) >= 2 else (None, None)
 
 
-def one_round(handler: str, requests: int, connections: int) -> dict[str, float]:
-    with uvicorn(handler) as served:
-        if SERVER_CPU is not None:
-            # Before the first request: the threads Django starts inherit it.
-            os.sched_setaffinity(served.pid, {SERVER_CPU})
-        port = served.url.rsplit(":", 1)[1]
-        common = [sys.executable, str(LOAD), "--port", port, "--connections", str(connections)]
-        if LOAD_CPU is not None:
-            common += ["--cpu", str(LOAD_CPU)]
-        subprocess.run(
-            [*common, "--requests", str(requests // 10)], check=True, capture_output=True
-        )
-        done = subprocess.run(
-            [*common, "--requests", str(requests), "--duration", "120"],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
+def load(port: str, requests: int, connections: int) -> dict[str, float]:
+    """One round of load on `port`, from another process: what load.py measured."""
+    command = [sys.executable, str(LOAD), "--port", port, "--connections", str(connections)]
+    command += ["--requests", str(requests), "--duration", "120"]
+    if LOAD_CPU is not None:
+        command += ["--cpu", str(LOAD_CPU)]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
     result: dict[str, float] = json.loads(done.stdout)
     return result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--connections", type=int, default=16)
     arguments = parser.parse_args()
     samples: dict[str, list[dict[str, float]]] = {handler: [] for handler in HANDLERS}
     order = list(HANDLERS)
-    for round_ in range(arguments.rounds):
-        for handler in order if round_ % 2 == 0 else order[::-1]:
-            samples[handler].append(one_round(handler, arguments.requests, arguments.connections))
+    with contextlib.ExitStack() as servers:
+        ports = {}
+        for handler in HANDLERS:
+            served = servers.enter_context(uvicorn(handler))
+            if SERVER_CPU is not None:
+                # Before the first request: the threads Django starts inherit it.
+                os.sched_setaffinity(served.pid, {SERVER_CPU})
+            ports[handler] = served.url.rsplit(":", 1)[1]
+            load(ports[handler], arguments.requests // 4, arguments.connections)
+        for round_ in range(arguments.rounds):
+            for handler in order if round_ % 2 == 0 else order[::-1]:
+                samples[handler].append(
+                    load(ports[handler], arguments.requests, arguments.connections)
+                )
     median = {
         handler: {
             key: statistics.median(s[key] for s in runs) for key in ("rps", "p50_ms", "p99_ms")
@@ -85,9 +87,9 @@ def main() -> int:
         f"--requests {arguments.requests} --connections {arguments.connections}"
     )
     pinning = (
-        f"server on CPU {SERVER_CPU}, load generator on CPU {LOAD_CPU}"
+        f"servers on CPU {SERVER_CPU}, load generator on CPU {LOAD_CPU}"
         if SERVER_CPU is not None
-        else "server and load generator on one CPU"
+        else "servers and load generator on one CPU"
     )
     lines = [
         f"End to end, medians of {arguments.rounds} rounds: Python {sys.version.split()[0]}, "

@@ -106,12 +106,23 @@ def live_receivers(signal: Signal, sender: Any) -> tuple[list[Receiver], list[Re
     )
 
 
-def counts_cancellations(task: asyncio.Task[Any] | None) -> bool:
-    """Whether `task` counts the cancellations requested of it (`cancelling()`).
+if sys.version_info >= (3, 11):
 
-    Every task does from Python 3.11; below, only the taskgroup backport's.
-    """
-    return task is not None and hasattr(task, "cancelling")
+    def counts_cancellations() -> bool:
+        """Whether the current task counts the cancellations requested of it.
+
+        Every task does from Python 3.11 (`Task.cancelling()`).
+        """
+        return True
+
+else:
+
+    def counts_cancellations() -> bool:
+        """Whether the current task counts the cancellations requested of it.
+
+        Below Python 3.11 only the taskgroup backport's tasks do.
+        """
+        return hasattr(asyncio.current_task(), "cancelling")
 
 
 def shares_values(before: contextvars.Context, after: contextvars.Context) -> bool:
@@ -192,24 +203,24 @@ def _collect_unshared(before: object, after: object, old: Items, new: Items) -> 
     after_items, after_nodes = _node_entries(after)
     old.update(before_items)
     new.update(after_items)
-    # A node lists its children in slot order: a write that replaced one child
-    # leaves the others where they were, and the lone pair left is the path to
-    # it. A child that moved is merely read whole: slower, never wrong.
+    # A node lists its children in slot order: where a write replaced
+    # children, the others stay where they were, and each pair left is the
+    # path to a write. Where a child was added, the unshared ones are paired
+    # in order: a wrong pair shares nothing and is read whole, never wrongly.
     if len(before_nodes) == len(after_nodes):
-        differ = [pair for pair in zip(before_nodes, after_nodes) if pair[0] is not pair[1]]
-        if len(differ) == 1:
-            _collect_unshared(*differ[0], old, new)
-            return
-        only_before = [before_node for before_node, _ in differ]
-        only_after = [after_node for _, after_node in differ]
+        pairs = [pair for pair in zip(before_nodes, after_nodes) if pair[0] is not pair[1]]
+        unpaired: list[tuple[object, Items]] = []
     else:
         after_ids, before_ids = set(map(id, after_nodes)), set(map(id, before_nodes))
         only_before = [node for node in before_nodes if id(node) not in after_ids]
         only_after = [node for node in after_nodes if id(node) not in before_ids]
-    for node in only_before:
-        _collect_all(node, old)
-    for node in only_after:
-        _collect_all(node, new)
+        pairs = list(zip(only_before, only_after))
+        unpaired = [(node, old) for node in only_before[len(pairs) :]]
+        unpaired += [(node, new) for node in only_after[len(pairs) :]]
+    for before_node, after_node in pairs:
+        _collect_unshared(before_node, after_node, old, new)
+    for node, items in unpaired:
+        _collect_all(node, items)
 
 
 def _collect_all(node: object, items: Items) -> None:

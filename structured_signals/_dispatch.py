@@ -142,7 +142,10 @@ class Dispatch:
         self.sync_ran_elsewhere = True
 
     async def run_async(self, receivers: list[Receiver]) -> None:
-        """Run async receivers concurrently in a TaskGroup, on the current loop."""
+        """Run async receivers concurrently in a TaskGroup, on the current loop.
+
+        A lone one, where it can be, is awaited right here (`_await_alone`).
+        """
         sync_end = self._sync_end
         start = rehomed(sync_end) if self.sync_ran_elsewhere else self._at_home(sync_end)
         self.async_base = start
@@ -235,10 +238,11 @@ class Dispatch:
                 self._keep_writer(partial(describe, receiver), context)
 
     async def _run_alone(self, receiver: Receiver, start: contextvars.Context) -> None:
+        """Run the one async receiver inline, in a copy of `start`."""
         if not self._still_connected(receiver):
             return
         context = start.copy()
-        response, failed = await _run_alone(
+        response, failed = await _await_alone(
             self.signal, receiver, self.sender, self.named, context, robust=self.robust
         )
         self.responses.append((receiver, response))
@@ -307,7 +311,7 @@ async def send_to_one(
     isolated = signal.context == "isolated"
     base = contextvars.copy_context()
     context = base.copy()
-    response, failed = await _run_alone(signal, receiver, sender, named, context, robust=robust)
+    response, failed = await _await_alone(signal, receiver, sender, named, context, robust=robust)
     if not (failed and isolated) and not shares_values(base, context):
         writer = Writer(partial(describe if isolated else _shared_name, receiver), context)
         changed = merge(
@@ -326,10 +330,10 @@ def _can_run_alone(signal: StructuredSignal) -> bool:
     # A deadline needs a task to cancel; telling the receiver's own
     # CancelledError from the caller being cancelled needs a task that counts
     # its cancellations (Python 3.11+).
-    return signal.timeout is None and counts_cancellations(asyncio.current_task())
+    return signal.timeout is None and counts_cancellations()
 
 
-async def _run_alone(
+async def _await_alone(
     signal: StructuredSignal,
     receiver: Receiver,
     sender: Any,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from typing import Any
 import memory
 import pytest
 from asgiref.local import Local
-from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from asgiref.sync import ThreadSensitiveContext, markcoroutinefunction, sync_to_async
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import (
@@ -387,3 +388,85 @@ def test_a_lone_receivers_own_cancelled_error_is_answered_when_robust_and_raised
     else:
         with pytest.raises(asyncio.CancelledError):
             call()
+
+
+def sync_noop(**kwargs: Any) -> None:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("receivers", "timeout", "inline_from"),
+    [
+        # A lone async receiver, alone or after sync receivers, is awaited in
+        # the caller's task where that task counts its cancellations (3.11+).
+        ("one async", None, (3, 11)),
+        ("sync, then one async", None, (3, 11)),
+        # A deadline needs a task to cancel; siblings need tasks to run beside.
+        ("one async", 5.0, None),
+        ("two async", None, None),
+    ],
+)
+def test_async_receivers_run_in_the_callers_task_only_when_alone_without_a_timeout(
+    run: Runner, receivers: str, timeout: float | None, inline_from: tuple[int, int] | None
+) -> None:
+    signal = StructuredSignal(timeout=timeout)
+    tasks: list[asyncio.Task[Any] | None] = []
+
+    async def records_its_task(**kwargs: Any) -> None:
+        tasks.append(asyncio.current_task())
+        await asyncio.sleep(0)
+
+    async def records_too(**kwargs: Any) -> None:
+        await records_its_task()
+
+    if receivers.startswith("sync"):
+        signal.connect(sync_noop)
+    signal.connect(records_its_task)
+    if receivers == "two async":
+        signal.connect(records_too)
+
+    async def caller() -> asyncio.Task[Any] | None:
+        await signal.asend(sender=None)
+        return asyncio.current_task()
+
+    caller_task = run(caller())
+    inline = inline_from is not None and sys.version_info >= inline_from
+    assert all((task is caller_task) == inline for task in tasks)
+    assert len(tasks) == (2 if receivers == "two async" else 1)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+@pytest.mark.parametrize("method", ["send", "asend"])
+def test_a_marked_callable_returning_a_future_is_called_and_awaited_in_its_own_context(
+    run: Runner, method: str, count: int
+) -> None:
+    signal = StructuredSignal(context="isolated")
+    variables = [contextvars.ContextVar[str](f"marked{index}") for index in range(count)]
+
+    def make(variable: contextvars.ContextVar[str]) -> Any:
+        def returns_a_future(**kwargs: Any) -> asyncio.Future[str]:
+            # Written when called, before anything is awaited.
+            variable.set(f"set by {variable.name}")
+            future = asyncio.get_running_loop().create_future()
+            future.get_loop().call_soon(future.set_result, variable.name)
+            return future
+
+        return markcoroutinefunction(returns_a_future)
+
+    receivers = [make(variable) for variable in variables]
+    for receiver in receivers:
+        signal.connect(receiver)
+
+    async def async_caller() -> tuple[list[tuple[Any, Any]], list[str | None]]:
+        responses = await signal.asend(sender=None)
+        return responses, [variable.get(None) for variable in variables]
+
+    def sync_caller() -> tuple[list[tuple[Any, Any]], list[str | None]]:
+        responses = signal.send(sender=None)
+        return responses, [variable.get(None) for variable in variables]
+
+    responses, seen = run(async_caller()) if method == "asend" else in_plain_thread(sync_caller)
+    assert responses == [
+        (receiver, variable.name) for receiver, variable in zip(receivers, variables)
+    ]
+    assert seen == [f"set by {variable.name}" for variable in variables]
