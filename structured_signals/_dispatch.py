@@ -16,7 +16,7 @@ import inspect
 import logging
 import threading
 import types
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -104,6 +104,27 @@ class Dispatch:
         self.async_base = self.base
         self.async_writers: list[Writer] = []
         self.responses: Responses = []
+
+    async def run_from_async(
+        self, sync_receivers: list[Receiver], async_receivers: list[Receiver]
+    ) -> Responses:
+        """The whole dispatch, from async code: sync receivers in a thread, then async ones."""
+        if sync_receivers:
+            await self.run_sync_in_thread(sync_receivers)
+        if async_receivers:
+            await self.run_async(async_receivers)
+        self.merge_into_caller()
+        return self.responses
+
+    def run_from_sync(
+        self, sync_receivers: list[Receiver], async_receivers: list[Receiver]
+    ) -> Responses:
+        """The whole dispatch, from sync code: sync receivers here, then async ones."""
+        self.run_sync(sync_receivers)
+        if async_receivers:
+            self.run_async_from_sync(async_receivers)
+        self.merge_into_caller()
+        return self.responses
 
     def run_sync(self, receivers: list[Receiver]) -> None:
         """Run sync receivers here, in order, each seeing the previous one's writes."""
@@ -349,8 +370,12 @@ async def _await_alone(
     """
     try:
         # Called in its context too: a marked sync callable runs code when called.
-        awaitable = context.run(receiver, signal=signal, sender=sender, **named)
-        return await _in_context(context, awaitable), False
+        coroutine = _coroutine_of(context.run(receiver, signal=signal, sender=sender, **named))
+        finished, value = _first_step(context, coroutine)
+        # One that finishes at once costs no generator to step it.
+        if not finished:
+            value = await _steps_after(context, coroutine, value)
+        return value, False
     except BaseException as err:
         if not _answers(robust, receiver, err):
             raise
@@ -416,23 +441,42 @@ async def _awaited(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
 
 
+def _coroutine_of(awaitable: Awaitable[_T]) -> Coroutine[Any, Any, _T]:
+    return awaitable if isinstance(awaitable, types.CoroutineType) else _awaited(awaitable)
+
+
+def _first_step(
+    context: contextvars.Context, coroutine: Coroutine[Any, Any, Any]
+) -> tuple[bool, Any]:
+    """Run `coroutine` up to its first suspension in `context`: (finished, result or yield)."""
+    try:
+        return False, context.run(coroutine.send, None)
+    except StopIteration as stop:
+        return True, stop.value
+
+
 @types.coroutine
 def _in_context(context: contextvars.Context, awaitable: Awaitable[_T]) -> Generator[Any, Any, _T]:
     """Await `awaitable` with every step of it run inside `context`.
 
     A task would do the same, but costs a task and, below Python 3.11, cannot
-    be given a context. (A generator, not a class: the cheapest awaitable.)
+    be given a context. (Generators, not a class: the cheapest awaitables.)
     """
+    coroutine = _coroutine_of(awaitable)
+    finished, value = _first_step(context, coroutine)
+    if finished:
+        result: _T = value
+        return result
+    return (yield from _steps_after(context, coroutine, value))
+
+
+@types.coroutine
+def _steps_after(
+    context: contextvars.Context, coroutine: Coroutine[Any, Any, _T], yielded: Any
+) -> Generator[Any, Any, _T]:
+    """Go on stepping `coroutine` inside `context`, from its yield of `yielded`."""
     run = context.run
-    coroutine = awaitable if isinstance(awaitable, types.CoroutineType) else _awaited(awaitable)
-    step: Callable[[Any], Any] = coroutine.send
-    message: Any = None
     while True:
-        try:
-            yielded = run(step, message)
-        except StopIteration as stop:
-            result: _T = stop.value
-            return result
         try:
             message, step = (yield yielded), coroutine.send
         except GeneratorExit:
@@ -440,3 +484,8 @@ def _in_context(context: contextvars.Context, awaitable: Awaitable[_T]) -> Gener
             raise
         except BaseException as thrown:  # noqa: BLE001 -- handed on to the coroutine
             message, step = thrown, coroutine.throw
+        try:
+            yielded = run(step, message)
+        except StopIteration as stop:
+            result: _T = stop.value
+            return result

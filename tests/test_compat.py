@@ -152,7 +152,7 @@ def test_unshared_items_find_exactly_the_variables_a_copy_changed(
 
 
 def test_unshared_items_read_only_the_path_to_one_write_in_a_crowded_context() -> None:
-    before = context_holding({index: 0 for index in range(1000)})
+    before = context_holding(dict.fromkeys(range(1000), 0))
     after = before.copy()
     after.run(POOL[7].set, "written")
     old, new = unshared_items(before, after)
@@ -163,7 +163,7 @@ def test_unshared_items_read_only_the_path_to_one_write_in_a_crowded_context() -
 
 
 def test_unshared_items_of_a_context_being_run_still_hold_its_changes() -> None:
-    before = context_holding({index: 0 for index in range(300)})
+    before = context_holding(dict.fromkeys(range(300), 0))
     after = before.copy()
 
     def inside() -> dict[contextvars.ContextVar[object], object]:
@@ -174,9 +174,9 @@ def test_unshared_items_of_a_context_being_run_still_hold_its_changes() -> None:
 
 
 def test_shares_values_recognises_an_unwritten_copy_and_nothing_else() -> None:
-    before = context_holding({index: 0 for index in range(100)})
+    before = context_holding(dict.fromkeys(range(100), 0))
     copy = before.copy()
     assert shares_values(before, copy)
     copy.run(POOL[5].set, VALUES[0])  # the same value: still a write
     assert not shares_values(before, copy)
-    assert not shares_values(before, context_holding({index: 0 for index in range(100)}))
+    assert not shares_values(before, context_holding(dict.fromkeys(range(100), 0)))
