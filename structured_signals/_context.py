@@ -125,22 +125,26 @@ def merge(
     """
     sync_end = sync_writers[-1].context if sync_writers else base
     sync_changes = changes(base, sync_end)
-    async_changes = [(writer, changes(async_base, writer.context)) for writer in async_writers]
+    async_changes = [changes(async_base, writer.context) for writer in async_writers]
     if len(async_changes) <= 1 and shares_values(base, caller):
         # The caller wrote nothing meanwhile and no two writers ran side by
         # side: nothing can conflict (the common case, taken in one pass).
-        return _layered(base, sync_changes, async_changes[0][1] if async_changes else {})
+        return _layered(base, sync_changes, async_changes[0] if async_changes else {})
 
+    # Each key's async writers in connection order, gathered in one pass.
+    async_written: dict[Key, list[tuple[object, object]]] = {}
+    for writer, changed in zip(async_writers, async_changes):
+        for key, value in changed.items():
+            async_written.setdefault(key, []).append((writer, value))
     result: dict[Key, object] = {}
     conflicts: list[Conflict] = []
-    for key in _union(sync_changes, *(changed for _, changed in async_changes)):
+    for key in _union(sync_changes, async_written):
         writers: list[tuple[object, object]] = []
         base_value = read(base, key)
         caller_value = read(caller, key)
         if caller_value is not base_value:
             writers.append((_CALLER, caller_value))
-        receivers = [(writer, changed[key]) for writer, changed in async_changes if key in changed]
-        writers.extend(receivers or [(_SYNC_WRITER, sync_changes[key])])
+        writers.extend(async_written.get(key) or [(_SYNC_WRITER, sync_changes[key])])
         if all(_agree(writers[0][1], value) for _, value in writers[1:]) or on_conflict == "first":
             chosen = writers[0]
         elif on_conflict == "last":
