@@ -126,7 +126,8 @@ def merge(
     sync_end = sync_writers[-1].context if sync_writers else base
     sync_changes = changes(base, sync_end)
     async_changes = [changes(async_base, writer.context) for writer in async_writers]
-    if len(async_changes) <= 1 and shares_values(base, caller):
+    caller_wrote = not shares_values(base, caller)
+    if len(async_changes) <= 1 and not caller_wrote:
         # The caller wrote nothing meanwhile and no two writers ran side by
         # side: nothing can conflict (the common case, taken in one pass).
         return _layered(base, sync_changes, async_changes[0] if async_changes else {})
@@ -139,13 +140,16 @@ def merge(
     result: dict[Key, object] = {}
     conflicts: list[Conflict] = []
     for key in _union(sync_changes, async_written):
-        writers: list[tuple[object, object]] = []
+        writers = async_written.get(key) or [(_SYNC_WRITER, sync_changes[key])]
         base_value = read(base, key)
-        caller_value = read(caller, key)
+        caller_value = read(caller, key) if caller_wrote else base_value
         if caller_value is not base_value:
-            writers.append((_CALLER, caller_value))
-        writers.extend(async_written.get(key) or [(_SYNC_WRITER, sync_changes[key])])
-        if all(_agree(writers[0][1], value) for _, value in writers[1:]) or on_conflict == "first":
+            writers = [(_CALLER, caller_value), *writers]
+        if (
+            len(writers) == 1
+            or on_conflict == "first"
+            or all(_agree(writers[0][1], value) for _, value in writers[1:])
+        ):
             chosen = writers[0]
         elif on_conflict == "last":
             chosen = writers[-1]
