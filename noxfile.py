@@ -171,5 +171,5 @@ def soak(session: nox.Session) -> None:
 def bench(session: nox.Session, django: str) -> None:
     """Benchmarks: dispatch against Django's own asend, and end to end under uvicorn."""
     session.install(".", _django_requirement(django), "matplotlib", "uvicorn", "httpx")
-    session.run("python", "benchmarks/dispatch.py", "--rounds", "9")
+    session.run("python", "benchmarks/dispatch.py", "--rounds", "15")
     session.run("python", "benchmarks/end_to_end.py", "--rounds", "30", "--requests", "3000")

@@ -14,7 +14,7 @@ round to cancel drift:
 It prints the medians and the ratio to Django's own, and writes them to
 benchmarks/results/dispatch-<python>-django<version>.md with a PNG chart.
 
-    python benchmarks/dispatch.py [--rounds 9] [--quick]
+    python benchmarks/dispatch.py [--rounds 15] [--quick]
 """
 
 from __future__ import annotations
@@ -268,7 +268,7 @@ def chart(results: list[tuple[Cell, dict[str, float]]], path: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="skip the 1000-receiver cells")
     arguments = parser.parse_args()
     if not settings.configured:
