@@ -368,6 +368,9 @@ async def _await_alone(
     It has no sibling to run beside: this is what a TaskGroup of one does,
     minus the task and the trips through the event loop.
     """
+    task = asyncio.current_task()
+    # Cancellations this task had been asked for before are not the receiver's.
+    cancelling = task.cancelling() if task is not None else 0
     try:
         # Called in its context too: a marked sync callable runs code when called.
         coroutine = _coroutine_of(context.run(receiver, signal=signal, sender=sender, **named))
@@ -375,16 +378,25 @@ async def _await_alone(
         # One that finishes at once costs no generator to step it.
         if not finished:
             value = await _steps_after(context, coroutine, value)
-        return value, False
+        outcome = (value, False)
     except BaseException as err:
-        if not _answers(robust, receiver, err):
+        if not _answers(robust, receiver, err, cancelling=cancelling):
             raise
-        return err, True
+        outcome = (err, True)
+    if task is not None and task.cancelling() > cancelling:
+        # The caller was cancelled and the receiver swallowed it: a group of
+        # one would still raise it, merging nothing.
+        raise asyncio.CancelledError
+    return outcome
 
 
-def _answers(robust: bool, receiver: Receiver, err: BaseException) -> bool:
-    """Whether `err` becomes `receiver`'s response (robust dispatch), logged."""
-    if robust and (isinstance(err, Exception) or _own_cancellation(err)):
+def _answers(robust: bool, receiver: Receiver, err: BaseException, *, cancelling: int = 0) -> bool:
+    """Whether `err` becomes `receiver`'s response (robust dispatch), logged.
+
+    `cancelling`: how many cancellations the running task had been asked for
+    before the receiver started (none for a task of its own).
+    """
+    if robust and (isinstance(err, Exception) or _own_cancellation(err, cancelling)):
         _log_failure(receiver, err)
         return True
     return False
@@ -415,16 +427,17 @@ def _unwrapped(error: BaseException) -> BaseException:
     return error.cancelled if isinstance(error, _ReceiverCancelled) else error
 
 
-def _own_cancellation(err: BaseException) -> bool:
+def _own_cancellation(err: BaseException, cancelling: int = 0) -> bool:
     """Whether `err` is a CancelledError the receiver raised itself.
 
     Not one thrown into it because its task is being cancelled (by the group,
-    the caller, a timeout).
+    the caller, a timeout): that asks for one more cancellation than the
+    task had been asked for (`cancelling`) when the receiver started.
     """
     if not isinstance(err, asyncio.CancelledError):
         return False
     task = asyncio.current_task()
-    return task is None or task.cancelling() == 0
+    return task is None or task.cancelling() <= cancelling
 
 
 def _awaitable_from_sync_receiver(receiver: Receiver, response: Any) -> TypeError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import sys
 import threading
@@ -470,3 +471,71 @@ def test_a_marked_callable_returning_a_future_is_called_and_awaited_in_its_own_c
         (receiver, variable.name) for receiver, variable in zip(receivers, variables)
     ]
     assert seen == [f"set by {variable.name}" for variable in variables]
+
+
+@pytest.mark.parametrize("count", [1, 2])
+@pytest.mark.parametrize("method", ["asend", "asend_robust"])
+def test_receivers_that_swallow_the_callers_cancellation_leave_it_cancelled_merging_nothing(
+    run: Runner, method: str, count: int
+) -> None:
+    signal = StructuredSignal()
+    started: list[asyncio.Event] = []
+
+    async def swallows(**kwargs: Any) -> str:
+        written.set("by a receiver that swallowed the cancellation")
+        started[0].set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            return "carried on"
+        return "slept"
+
+    async def sibling(**kwargs: Any) -> None:
+        await asyncio.sleep(10)
+
+    signal.connect(swallows)
+    if count == 2:
+        signal.connect(sibling)
+
+    async def caller() -> list[str | None]:
+        started.append(asyncio.Event())
+        seen: list[str | None] = []
+
+        async def dispatching() -> None:
+            try:
+                await getattr(signal, method)(sender=None)
+            finally:
+                seen.append(written.get(None))
+
+        dispatch = asyncio.ensure_future(dispatching())
+        await started[0].wait()
+        dispatch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await dispatch
+        return seen
+
+    assert run(caller()) == [None]
+
+
+def test_a_lone_receivers_own_cancelled_error_is_its_response_after_the_caller_kept_a_cancel(
+    run: Runner,
+) -> None:
+    signal = StructuredSignal()
+
+    async def gives_up(**kwargs: Any) -> None:
+        raise asyncio.CancelledError
+
+    signal.connect(gives_up)
+
+    async def caller() -> list[tuple[Any, Any]]:
+        # A cancellation caught and not undone: the task still counts it.
+        current = asyncio.current_task()
+        assert current is not None
+        current.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)
+        return await signal.asend_robust(sender=None)
+
+    ((receiver, response),) = run(caller())
+    assert receiver is gives_up
+    assert isinstance(response, asyncio.CancelledError)
