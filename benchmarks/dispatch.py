@@ -124,6 +124,8 @@ async def measure_cell(cell: Cell, rounds: int) -> dict[str, float]:
         counts[name] = max(1, int(BATCH_SECONDS / max(once, 1e-7)))
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     names = list(candidates)
+    for name in names:
+        await time_batch(candidates[name], counts[name])  # warm-up, not counted
     for round_ in range(rounds):
         for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
             samples[name].append(await time_batch(candidates[name], counts[name]))
