@@ -33,6 +33,7 @@ __all__ = (
     "Writer",
     "apply",
     "merge",
+    "merge_into_current",
 )
 
 
@@ -165,6 +166,26 @@ def merge(
     if conflicts:
         raise ContextConflictError(conflicts)
     return result
+
+
+def merge_into_current(
+    *,
+    base: contextvars.Context,
+    sync_writers: Sequence[Writer],
+    async_base: contextvars.Context,
+    async_writers: Sequence[Writer],
+    on_conflict: OnConflict,
+) -> None:
+    """`merge` against the current context as the caller, and `apply` the result."""
+    changed = merge(
+        base=base,
+        caller=contextvars.copy_context(),
+        sync_writers=sync_writers,
+        async_base=async_base,
+        async_writers=async_writers,
+        on_conflict=on_conflict,
+    )
+    apply(changed)
 
 
 def _layered(

@@ -32,7 +32,7 @@ from structured_signals._compat import (
     shares_values,
     timeout_at,
 )
-from structured_signals._context import Writer, apply, merge
+from structured_signals._context import Writer, merge_into_current
 
 if TYPE_CHECKING:
     from structured_signals._signal import StructuredSignal
@@ -268,9 +268,7 @@ class Dispatch:
         )
         self.responses.append((receiver, response))
         if not (failed and self.isolated):
-            self._keep_writer(
-                partial(describe if self.isolated else _shared_name, receiver), context
-            )
+            self._keep_writer(_lone_name(receiver, isolated=self.isolated), context)
 
     def run_async_from_sync(self, receivers: list[Receiver]) -> None:
         """Run async receivers from sync code, through async_to_sync."""
@@ -280,15 +278,12 @@ class Dispatch:
         """Write the receivers' changes into the caller's current context."""
         if not self.sync_writers and not self.async_writers:
             return  # nobody wrote anything: the common case
-        apply(
-            merge(
-                base=self.base,
-                caller=contextvars.copy_context(),
-                sync_writers=self.sync_writers,
-                async_base=self.async_base,
-                async_writers=self.async_writers,
-                on_conflict=self.on_conflict,
-            )
+        merge_into_current(
+            base=self.base,
+            sync_writers=self.sync_writers,
+            async_base=self.async_base,
+            async_writers=self.async_writers,
+            on_conflict=self.on_conflict,
         )
 
     @property
@@ -334,17 +329,19 @@ async def send_to_one(
     context = base.copy()
     response, failed = await _await_alone(signal, receiver, sender, named, context, robust=robust)
     if not (failed and isolated) and not shares_values(base, context):
-        writer = Writer(partial(describe if isolated else _shared_name, receiver), context)
-        changed = merge(
+        merge_into_current(
             base=base,
-            caller=contextvars.copy_context(),
             sync_writers=(),
             async_base=base,
-            async_writers=(writer,),
+            async_writers=(Writer(_lone_name(receiver, isolated=isolated), context),),
             on_conflict=signal.on_conflict,
         )
-        apply(changed)
     return [(receiver, response)]
+
+
+def _lone_name(receiver: Receiver, *, isolated: bool) -> Callable[[], str]:
+    """How conflicts name a lone async receiver's writes."""
+    return partial(describe if isolated else _shared_name, receiver)
 
 
 def _can_run_alone(signal: StructuredSignal) -> bool:
