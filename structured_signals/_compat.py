@@ -33,14 +33,16 @@ if sys.version_info >= (3, 14):
     class EagerTaskGroup(asyncio.TaskGroup):
         """An asyncio.TaskGroup whose tasks start eagerly, through the public API.
 
-        A receiver that finishes without suspending then costs no trip
-        through the event loop, as with asyncio.eager_task_factory.
-        TaskGroup.create_task(eager_start=True) (3.14+, gh-128307) keeps all
-        of the group's own bookkeeping, the record of the group's task as
-        each child's awaiter included (asyncio.capture_call_graph(),
-        `python -m asyncio pstree`), made once the child's first step
-        returns: during that step a child shows no awaiter yet, as any eager
-        task in a TaskGroup.
+        Each task runs up to its first suspension inside create_task, as
+        with asyncio.eager_task_factory. TaskGroup.create_task(eager_start=
+        True) (3.14+, gh-128307) keeps all of the group's own bookkeeping:
+        the record of the group's task as each child's awaiter
+        (asyncio.capture_call_graph(), `python -m asyncio pstree`), made once
+        the child's first step returns (during that step a child shows no
+        awaiter yet, as any eager task in a TaskGroup), and the done callback
+        even of a child that finished in that step (gh-128550), which the
+        group's end waits for: one trip through the event loop that
+        3.12-3.13's copy below does not make.
 
         A loop with a task factory keeps it and its choice: from 3.14 the
         loop hands `eager_start` on to the factory, and a factory written
