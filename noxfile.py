@@ -10,7 +10,13 @@ from pathlib import Path
 
 import nox
 
+nox.needs_version = ">=2025.10.14"  # the first with download_python
 nox.options.error_on_missing_interpreters = True
+# An interpreter of the matrix that nox cannot find is fetched by uv (a
+# python-build-standalone build) where this machine can reach it; where it
+# cannot, the session fails all the same. `--download-python never` (or
+# NOX_DOWNLOAD_PYTHON=never) forbids the download.
+nox.options.download_python = "auto"
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.sessions = ["lint", "typing", "build", "tests", "django_tests"]
 
@@ -24,10 +30,16 @@ MATRIX = [
     *(("3.10", "5.2"), ("3.11", "5.2"), ("3.12", "5.2"), ("3.13", "5.2")),
     *(("3.12", "6.0"), ("3.13", "6.0")),
     *(("3.12", "6.1"), ("3.13", "6.1")),
+    *(("3.14", "5.2"), ("3.14", "6.0"), ("3.14", "6.1"), ("3.15", "6.1")),
 ]
 PYTHONS = sorted({python for python, _ in MATRIX}, key=lambda v: tuple(map(int, v.split("."))))
 TYPING_PYTHON, TYPING_DJANGO = "3.13", "6.1"
 DEMO_PYTHON, DEMO_DJANGO = "3.12", "5.2"
+BENCH_PAIRS = [("3.12", "6.1"), ("3.12", "5.2"), ("3.14", "6.1")]
+# Where .ci/run has ../shared/tools/sid-python.sh install the Pythons pyenv
+# lacks (3.14, 3.15 on Debian 12).
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+SID_PYTHON_PREFIX = CACHE / "structured-signals" / "python"
 TEST_REQUIREMENTS = [
     "pytest>=8",
     "hypothesis>=6.100",
@@ -37,28 +49,34 @@ TEST_REQUIREMENTS = [
 ]
 
 
-def _expose_pyenv_interpreters() -> None:
-    """Put each pyenv-installed python3.X of the matrix on PATH.
+def _expose_interpreters() -> None:
+    """Put each python3.X of the matrix that pyenv or .ci/run installed on PATH.
 
     nox looks interpreters up on PATH, where pyenv shows only the versions it
     has selected (the others are shims that fail); the real binaries are under
-    $(pyenv root)/versions. A missing one still fails the session.
+    $(pyenv root)/versions. The ones .ci/run installed with sid-python.sh go
+    last on PATH: an interpreter already there comes first. A missing one
+    still fails the session.
     """
     versions = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
-    if not versions.is_dir():
-        return
     links = ROOT / ".nox" / "_interpreters"
-    links.mkdir(parents=True, exist_ok=True)
+    if versions.is_dir():
+        links.mkdir(parents=True, exist_ok=True)
     for python in PYTHONS:
-        if shutil.which(f"python{python}", path=str(links)):
+        link = links / f"python{python}"
+        if link.is_symlink() and not link.exists():
+            link.unlink()  # that pyenv version is gone
+        if link.is_symlink():
             continue
         installed = sorted(versions.glob(f"{python}.*/bin/python{python}"))
         if installed:
-            (links / f"python{python}").symlink_to(installed[-1])
-    os.environ["PATH"] = os.pathsep.join([str(links), os.environ.get("PATH", "")])
+            link.symlink_to(installed[-1])
+    os.environ["PATH"] = os.pathsep.join(
+        [str(links), os.environ.get("PATH", ""), str(SID_PYTHON_PREFIX / "bin")]
+    )
 
 
-_expose_pyenv_interpreters()
+_expose_interpreters()
 
 
 def _django_requirement(django: str) -> str:
@@ -166,8 +184,8 @@ def soak(session: nox.Session) -> None:
     session.run("python", "benchmarks/soak.py", "--requests", "20000", "--connections", "64")
 
 
-@nox.session(python="3.12")
-@nox.parametrize("django", ["6.1", "5.2"])
+@nox.session
+@nox.parametrize(("python", "django"), BENCH_PAIRS, ids=[f"{p}-django{d}" for p, d in BENCH_PAIRS])
 def bench(session: nox.Session, django: str) -> None:
     """Benchmarks: dispatch against Django's own asend, and end to end under uvicorn."""
     session.install(".", _django_requirement(django), "matplotlib", "uvicorn", "httpx")

@@ -26,15 +26,57 @@ else:
     from exceptiongroup import BaseExceptionGroup
     from taskgroup import TaskGroup, timeout_at
 
-if sys.version_info >= (3, 12):
+if sys.version_info >= (3, 14):
+    # Loop types whose create_task takes no `eager_start` (uvloop before 0.23).
+    _NO_EAGER_START: set[type[asyncio.AbstractEventLoop]] = set()
 
     class EagerTaskGroup(asyncio.TaskGroup):
-        """An asyncio.TaskGroup whose tasks start eagerly (Python 3.12+).
+        """An asyncio.TaskGroup whose tasks start eagerly, through the public API.
+
+        Each task runs up to its first suspension inside create_task, as
+        with asyncio.eager_task_factory. TaskGroup.create_task(eager_start=
+        True) (3.14+, gh-128307) keeps all of the group's own bookkeeping:
+        the record of the group's task as each child's awaiter
+        (asyncio.capture_call_graph(), `python -m asyncio pstree`), made once
+        the child's first step returns (during that step a child shows no
+        awaiter yet, as any eager task in a TaskGroup), and the done callback
+        even of a child that finished in that step (gh-128550), which the
+        group's end waits for: one trip through the event loop that
+        3.12-3.13's copy below does not make.
+
+        A loop with a task factory keeps it and its choice: from 3.14 the
+        loop hands `eager_start` on to the factory, and a factory written
+        for an older Python refuses it (TypeError). So does the create_task
+        of a loop that predates the argument (uvloop before 0.23): its tasks
+        start the usual way.
+        """
+
+        def create_task(self, coro: Coroutine[Any, Any, Any], **kwargs: Any) -> asyncio.Task[Any]:
+            loop = asyncio.get_running_loop()
+            if loop.get_task_factory() is None and type(loop) not in _NO_EAGER_START:
+                try:
+                    return super().create_task(coro, eager_start=True, **kwargs)
+                except TypeError as error:
+                    # Raised before any task exists: `coro` has not started.
+                    if "eager_start" not in str(error):
+                        raise
+                    _NO_EAGER_START.add(type(loop))
+            return super().create_task(coro, **kwargs)
+
+elif sys.version_info >= (3, 12):
+
+    class _EagerTaskGroupFromInternals(asyncio.TaskGroup):
+        """An asyncio.TaskGroup whose tasks start eagerly, on Python 3.12 and 3.13.
+
+        These have no public way to start one task of a group eagerly, so
+        this is a copy of their TaskGroup.create_task (unchanged 3.12-3.13)
+        that reaches into the group's private attributes to start the task
+        with asyncio.Task(eager_start=True). 3.14 has the public API
+        (EagerTaskGroup above): drop this with 3.13.
 
         A receiver that finishes without suspending then costs no trip
         through the event loop, as with asyncio.eager_task_factory. A loop
-        with a task factory of its own keeps it. This reaches into the
-        group's internals as its own create_task does (unchanged 3.12-3.13).
+        with a task factory of its own keeps it.
         """
 
         def create_task(
@@ -57,6 +99,8 @@ if sys.version_info >= (3, 12):
                 self._tasks.add(task)
                 task.add_done_callback(self._on_task_done)
             return task
+
+    EagerTaskGroup = _EagerTaskGroupFromInternals
 
 else:
     EagerTaskGroup = TaskGroup

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 from asgiref.local import Local
 from asgiref.sync import SyncToAsync
 from django.dispatch import Signal
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import in_plain_thread
+from support import Runner, in_plain_thread, runner
 
 from structured_signals._compat import (
     ASGIREF_VARIABLES,
+    EagerTaskGroup,
     asgiref_carrier,
     live_receivers,
     local_attributes,
@@ -22,6 +25,9 @@ from structured_signals._compat import (
     shares_values,
     unshared_items,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
 
 state = Local()
 plain: contextvars.ContextVar[object] = contextvars.ContextVar("plain")
@@ -180,3 +186,70 @@ def test_shares_values_recognises_an_unwritten_copy_and_nothing_else() -> None:
     copy.run(POOL[5].set, VALUES[0])  # the same value: still a write
     assert not shares_values(before, copy)
     assert not shares_values(before, context_holding(dict.fromkeys(range(100), 0)))
+
+
+async def started_before_create_task_returns() -> tuple[bool, asyncio.Task[Any]]:
+    """Whether an EagerTaskGroup's task ran its first step inside create_task."""
+    started: list[bool] = []
+
+    async def first_step() -> None:
+        started.append(True)
+
+    async with EagerTaskGroup() as group:
+        task = group.create_task(first_step())
+        eager = bool(started)
+    assert started, "the task never ran"
+    return eager, task
+
+
+def test_eager_task_group_starts_each_task_inside_create_task_from_python_3_12(
+    run: Runner,
+) -> None:
+    eager, _ = run(started_before_create_task_returns())
+    assert eager == (sys.version_info >= (3, 12))
+
+
+FACTORY_TASKS: list[asyncio.Task[Any]] = []
+
+
+def _factory_before_3_14(
+    loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any]
+) -> asyncio.Task[Any]:
+    """A task factory as written before Python 3.14: it takes no `eager_start`."""
+    task = asyncio.Task(coro, loop=loop)
+    FACTORY_TASKS.append(task)
+    return task
+
+
+def _loop_with_factory_before_3_14() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    loop.set_task_factory(_factory_before_3_14)
+    return loop
+
+
+def test_eager_task_group_leaves_a_loops_task_factory_to_make_and_start_its_tasks() -> None:
+    FACTORY_TASKS.clear()
+    eager, task = runner(_loop_with_factory_before_3_14)(started_before_create_task_returns())
+    # Below 3.11 the taskgroup backport makes tasks of its own (they count
+    # their cancellations) on any loop.
+    assert (task in FACTORY_TASKS) == (sys.version_info >= (3, 11))
+    assert not eager
+
+
+class _LoopBeforeEagerStart(asyncio.SelectorEventLoop):
+    """A loop whose create_task predates `eager_start`, as uvloop's before 0.23."""
+
+    def create_task(  # type: ignore[override]
+        self, coro: Coroutine[Any, Any, Any], *, name: str | None = None
+    ) -> asyncio.Task[Any]:
+        return super().create_task(coro, name=name)
+
+
+def test_eager_task_group_runs_its_tasks_on_a_loop_whose_create_task_takes_no_eager_start() -> None:
+    run = runner(_LoopBeforeEagerStart)
+    for _ in range(2):  # the second time, knowing the loop refuses it
+        eager, task = run(started_before_create_task_returns())
+        assert task.done()
+        # 3.12-3.13's copy of the group's internals makes the task itself;
+        # from 3.14 the loop's create_task makes it, the usual way.
+        assert eager == ((3, 12) <= sys.version_info < (3, 14))

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import (
     LOOP_FACTORIES,
+    Flag,
     Runner,
     asend_checking_context_when_cancelled,
     assert_context_is,
@@ -434,6 +435,48 @@ def test_async_receivers_run_in_the_callers_task_only_when_alone_without_a_timeo
     inline = inline_from is not None and sys.version_info >= inline_from
     assert all((task is caller_task) == inline for task in tasks)
     assert len(tasks) == (2 if receivers == "two async" else 1)
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0])
+def test_a_suspended_receivers_task_shows_the_callers_task_as_its_awaiter_from_python_3_14(
+    run: Runner, timeout: float | None
+) -> None:
+    signal = StructuredSignal(timeout=timeout)
+    resume = Flag()
+    waiting: list[asyncio.Task[Any] | None] = []
+    graphs: dict[str, Any] = {}
+
+    async def waits(**kwargs: Any) -> None:
+        waiting.append(asyncio.current_task())
+        await resume.wait()
+
+    async def looks(**kwargs: Any) -> None:
+        await asyncio.sleep(0)  # past the eager first step
+        if sys.version_info >= (3, 14):
+            # `waits` is suspended in its task: as `python -m asyncio pstree` sees it.
+            graphs["waits"] = asyncio.capture_call_graph(waiting[0])
+            graphs["looks"] = asyncio.capture_call_graph()
+        resume.set()
+
+    signal.connect(waits)
+    signal.connect(looks)
+
+    async def caller() -> asyncio.Task[Any] | None:
+        await signal.asend(sender=None)
+        return asyncio.current_task()
+
+    caller_task = run(caller())
+    assert waiting[0] is not caller_task
+    if sys.version_info >= (3, 14):
+        for name, graph in graphs.items():
+            assert graph.future is not caller_task, name
+            assert [awaiter.future for awaiter in graph.awaited_by] == [caller_task], name
+        frames = [entry.frame.f_code for entry in graphs["waits"].call_stack]
+        assert waits.__code__ in frames
+    else:
+        # Nothing records which task awaits another before 3.14.
+        assert not hasattr(asyncio, "capture_call_graph")
+        assert not graphs
 
 
 @pytest.mark.parametrize("count", [1, 2])
