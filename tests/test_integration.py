@@ -205,3 +205,18 @@ def test_finding_every_signal_for_upgrade_all_evaluates_no_lazy_object(
 def test_startup_leaves_djangos_default_storage_unbuilt(tmp_path: Path) -> None:
     # Django builds it on first use; model fields import it before apps are ready.
     assert scenario(tmp_path, "storage") == {"default_storage_built": False}
+
+
+class Middleware:
+    """ASGI middleware as Sentry's and OpenTelemetry's keep what they wrap."""
+
+    def __init__(self, app: object) -> None:
+        self.app = app
+
+
+def test_w001_follows_middleware_to_a_lazy_application_without_evaluating_it() -> None:
+    lazy = Exploding()
+    route = _integration._http_route(Middleware(Middleware(lazy)))
+    assert [type(app) for app in route] == [Middleware, Middleware, Exploding]
+    assert route[-1] is lazy
+    assert lazy._wrapped is empty
