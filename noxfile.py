@@ -1,4 +1,4 @@
-"""Sessions: lint, typing, build, tests and django_tests (the matrix); demo, soak, bench."""
+"""Sessions: lint, typing, build, tests, django_tests (the matrix), ecosystem; demo, soak, bench."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ nox.options.error_on_missing_interpreters = True
 # NOX_DOWNLOAD_PYTHON=never) forbids the download.
 nox.options.download_python = "auto"
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["lint", "typing", "build", "tests", "django_tests"]
+nox.options.sessions = ["lint", "typing", "build", "tests", "django_tests", "ecosystem"]
 
 ROOT = Path(__file__).parent
 DIST = ROOT / "dist"
@@ -47,6 +47,24 @@ TEST_REQUIREMENTS = [
     "uvicorn>=0.30",
     "httpx>=0.27",
 ]
+# The packages projects run beside us (README, "Works with"); the toolbar's
+# other major version is installed for a second run of its tests.
+ECOSYSTEM_PYTHON, ECOSYSTEM_DJANGOS = "3.12", ["6.1", "5.2"]
+ECOSYSTEM_REQUIREMENTS = [
+    "hypercorn~=0.18",
+    "daphne~=4.2",
+    "granian~=2.8",
+    "channels~=4.3",
+    "sentry-sdk~=2.75",
+    "opentelemetry-sdk~=1.45",
+    "opentelemetry-instrumentation-django~=0.66b1",
+    "opentelemetry-instrumentation-asgi~=0.66b1",
+    "ddtrace~=4.16",
+    "django-debug-toolbar~=8.0",
+    "pytest-django~=4.14",
+    "pytest-timeout>=2.3",
+]
+OTHER_TOOLBAR = "django-debug-toolbar~=6.0"
 
 
 def _expose_interpreters() -> None:
@@ -110,6 +128,7 @@ def typing(session: nox.Session) -> None:
         "nox",
         "matplotlib",
         *TEST_REQUIREMENTS,
+        *ECOSYSTEM_REQUIREMENTS,
     )
     session.run("mypy")
 
@@ -167,6 +186,17 @@ def _django_tests_dir(session: nox.Session, version: str) -> Path:
         download.rename(unpacked)
     (runtests,) = unpacked.glob("*/tests/runtests.py")
     return runtests.parent
+
+
+@nox.session(python=ECOSYSTEM_PYTHON)
+@nox.parametrize("django", ECOSYSTEM_DJANGOS)
+def ecosystem(session: nox.Session, django: str) -> None:
+    """Our promise and each package's own under ASGI servers, Channels, APMs, the toolbar."""
+    session.install(".", _django_requirement(django), *TEST_REQUIREMENTS, *ECOSYSTEM_REQUIREMENTS)
+    session.chdir(ROOT / "ecosystem")
+    session.run("pytest", *session.posargs)
+    session.install(OTHER_TOOLBAR)
+    session.run("pytest", "test_debug_toolbar.py")
 
 
 @nox.session(python=DEMO_PYTHON)

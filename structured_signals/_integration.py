@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import gc
 import sys
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.conf import settings
 from django.core import checks
@@ -19,6 +20,11 @@ from django.dispatch import Signal
 from django.utils.module_loading import import_string
 
 from structured_signals._signal import _check_options, upgrade
+
+if TYPE_CHECKING:
+    from typing import TypeGuard
+
+T = TypeVar("T")
 
 __all__ = ("check_asgi_handler", "check_settings", "options", "upgrade_signals")
 
@@ -68,15 +74,26 @@ def _django_signals() -> list[Signal]:
     """The Signal objects defined by Django's own modules, loaded by now."""
     found: dict[int, Signal] = {}
     for name, module in list(sys.modules.items()):
-        if name == "django" or name.startswith("django."):
+        if (name == "django" or name.startswith("django.")) and _is(module, ModuleType):
             for value in list(vars(module).values()):
-                if isinstance(value, Signal):
+                if _is(value, Signal):
                     found[id(value)] = value
     return list(found.values())
 
 
 def _all_signals() -> list[Signal]:
-    return [obj for obj in gc.get_objects() if isinstance(obj, Signal)]
+    return [obj for obj in gc.get_objects() if _is(obj, Signal)]
+
+
+def _is(value: object, cls: type[T]) -> TypeGuard[T]:
+    """isinstance() by the real type only, which evaluates no lazy object.
+
+    isinstance() falls back to `value.__class__`, which a LazyObject answers
+    by building its object: GeoDjango's GEOS library (an ImportError where it
+    is not installed), `default_storage`, `staticfiles_storage`... The app
+    must touch nothing it does not upgrade.
+    """
+    return issubclass(type(value), cls)
 
 
 def _option_error(key: str, configured: dict[str, Any]) -> str | None:
@@ -139,26 +156,90 @@ def check_settings(**kwargs: Any) -> list[checks.CheckMessage]:
 
 
 def check_asgi_handler(**kwargs: Any) -> list[checks.CheckMessage]:
-    """The project's ASGI application is not Django's stock handler."""
+    """The project's ASGI application does not serve HTTP with Django's stock handler.
+
+    A system check never raises: an application that fails to import is
+    reported as W002, with the reason, and W001 stays unknown.
+    """
     from django.core.handlers.asgi import ASGIHandler
 
     from structured_signals.asgi import StructuredASGIHandler
 
     path = _asgi_application_path()
-    application = _import_or_none(path) if path else None
-    if not isinstance(application, ASGIHandler) or isinstance(application, StructuredASGIHandler):
+    if path is None:
         return []
-    module = path.rsplit(".", 1)[0] if path else ""
+    try:
+        application = import_string(path)
+    except Exception as error:  # noqa: BLE001 -- a system check reports, never raises
+        if _names_nothing(error, path):
+            return []
+        return [
+            checks.Warning(
+                f"structured_signals could not look at {path} for Django's stock ASGIHandler "
+                f"(W001): importing it raised {type(error).__name__}: {error}",
+                hint="Make it importable where `manage.py check` runs, or add "
+                '"structured_signals.W002" to SILENCED_SYSTEM_CHECKS if it only imports '
+                "in production.",
+                id="structured_signals.W002",
+            )
+        ]
+    route = _http_route(application)
+    if not _is(route[-1], ASGIHandler) or _is(route[-1], StructuredASGIHandler):
+        return []
+    through = " -> ".join(type(app).__name__ for app in route)
     return [
         checks.Warning(
-            f"{path} is Django's own ASGIHandler: with structured_signals installed, its "
-            "request_started receivers' writes still never reach the view, and the view's "
-            "never reach request_finished, on Django 6.0 and earlier.",
-            hint=f"In {module}, import get_asgi_application from structured_signals.asgi "
-            "instead of django.core.asgi.",
+            f"{path} serves HTTP with Django's stock ASGIHandler ({through}): its "
+            "request_started receivers' writes never reach the view, and the view's never "
+            "reach request_finished, on Django 6.0 and earlier.",
+            hint="Build it with get_asgi_application(), Django's (which hands out the "
+            "structured handler once the app is installed) or structured_signals.asgi's, "
+            "instead of ASGIHandler().",
             id="structured_signals.W001",
         )
     ]
+
+
+# Where ASGI routers and middleware keep the application they pass HTTP to:
+# Channels' ProtocolTypeRouter an "http" entry of `application_mapping`;
+# Channels' middleware `inner`; OriginValidator and Django's static files
+# handler `application`; Sentry's, OpenTelemetry's and ddtrace's middleware `app`.
+_INNER_APPLICATION_ATTRIBUTES = ("app", "application", "inner")
+_MAX_ROUTE = 32
+
+
+def _http_route(application: object) -> list[object]:
+    """The applications an HTTP request passes through, as far as attributes show.
+
+    Only instance attributes are read (no property, no __getattr__, no lazy
+    object evaluated) and nothing is called, so an application that picks
+    its inner one at run time ends the route.
+    """
+    route = [application]
+    while len(route) < _MAX_ROUTE:
+        inner = _inner_http_application(route[-1])
+        if inner is None or any(inner is app for app in route):
+            break
+        route.append(inner)
+    return route
+
+
+def _inner_http_application(application: object) -> object | None:
+    try:
+        attributes: object = object.__getattribute__(application, "__dict__")
+    except AttributeError:
+        return None
+    if not _is(attributes, dict):
+        return None
+    mapping: object = attributes.get("application_mapping")
+    if _is(mapping, dict):
+        http: object = mapping.get("http")
+        return http
+    for name in _INNER_APPLICATION_ATTRIBUTES:
+        if name in attributes:
+            inner: object = attributes[name]
+            return inner
+    return None
 
 
 def _asgi_application_path() -> str | None:
@@ -172,8 +253,18 @@ def _asgi_application_path() -> str | None:
     return f"{settings_module.rsplit('.', 1)[0]}.asgi.application"
 
 
-def _import_or_none(path: str) -> object:
-    try:
-        return import_string(path)
-    except ImportError:
-        return None
+def _names_nothing(error: Exception, path: str) -> bool:
+    """The import failed because `path` names no module or attribute (no asgi.py).
+
+    An ImportError raised while the module itself runs (a dependency it
+    imports is missing) is a failure to look, not an absence.
+    """
+    if not _is(error, ImportError):
+        return False
+    module = path.rsplit(".", 1)[0]
+    if _is(error, ModuleNotFoundError):
+        missing = error.name or ""
+        return module == missing or module.startswith(missing + ".")
+    # import_string's error for a module without that attribute, also raised
+    # for an AttributeError while the module ran: then the module was not kept.
+    return _is(error.__cause__, AttributeError) and module in sys.modules

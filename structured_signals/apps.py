@@ -11,8 +11,9 @@ class StructuredSignalsConfig(AppConfig):
     verbose_name = "Structured signals"
 
     def ready(self) -> None:
-        from structured_signals import _integration
+        from structured_signals import _integration, asgi
 
         _integration.upgrade_signals()
+        asgi._use_structured_handler()
         checks.register(_integration.check_settings)
         checks.register(_integration.check_asgi_handler)

@@ -18,6 +18,10 @@ import django
 import httpx
 import pytest
 from demo_project.serve import uvicorn
+from django.core import asgi as django_asgi
+from django.core.handlers.asgi import ASGIHandler
+
+from structured_signals.asgi import StructuredASGIHandler, get_asgi_application
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -187,3 +191,25 @@ def test_a_client_disconnect_cancels_the_view_and_request_finished_still_sees_it
     for stage in stages:
         assert events[stage]["connection"] == request_id
         assert events[stage]["local_id"] == request_id
+
+
+@pytest.fixture
+def entry_point(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Django's entry point module as it was, once the test is over."""
+    monkeypatch.setattr(django_asgi, "ASGIHandler", vars(django_asgi)["ASGIHandler"])
+    monkeypatch.setattr(django_asgi, "get_asgi_application", django_asgi.get_asgi_application)
+
+
+@pytest.mark.usefixtures("entry_point")
+def test_the_entry_point_makes_djangos_hand_out_the_structured_handler_and_leaves_the_class() -> (
+    None
+):
+    assert type(get_asgi_application()) is StructuredASGIHandler
+    assert type(django_asgi.get_asgi_application()) is StructuredASGIHandler
+    assert type(ASGIHandler()) is ASGIHandler
+
+
+@pytest.mark.usefixtures("entry_point")
+def test_the_entry_point_builds_the_handler_itself_when_djangos_leads_back_to_it() -> None:
+    django_asgi.get_asgi_application = get_asgi_application
+    assert type(get_asgi_application()) is StructuredASGIHandler

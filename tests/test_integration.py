@@ -7,18 +7,29 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
+from django.core.signals import request_started
+from django.utils.functional import LazyObject, empty
+
+from structured_signals import _integration
 
 TESTS_DIR = Path(__file__).parent
 
 
 def scenario(
-    tmp_path: Path, name: str, structured_signals: object = None, asgi: str = "structured"
+    tmp_path: Path,
+    name: str,
+    structured_signals: object = None,
+    asgi: str = "structured",
+    module: str = "shop.scenarios",
+    **environ: str,
 ) -> dict[str, Any]:
-    """Run `python -m shop.scenarios NAME` in a fresh process; its JSON outcome."""
+    """Run `python -m MODULE NAME` in a fresh process; its JSON outcome."""
     env = {
+        **environ,
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "shop.settings",
         "PYTHONPATH": str(TESTS_DIR),
@@ -29,7 +40,7 @@ def scenario(
         ),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "shop.scenarios", name],
+        [sys.executable, "-m", module, name],
         cwd=TESTS_DIR,
         env=env,
         capture_output=True,
@@ -107,4 +118,105 @@ def test_check_warns_when_the_project_serves_asgi_with_djangos_stock_handler(
     outcome = scenario(tmp_path, "check", asgi="stock")
     assert outcome["failed"] is False
     assert "structured_signals.W001" in outcome["output"]
-    assert "import get_asgi_application from structured_signals.asgi" in outcome["output"]
+    assert "(ASGIHandler)" in outcome["output"]
+    assert "instead of ASGIHandler()" in outcome["output"]
+
+
+def test_check_is_silent_when_djangos_own_entry_point_builds_the_handler(
+    tmp_path: Path,
+) -> None:
+    outcome = scenario(tmp_path, "check", asgi="django")
+    assert outcome["failed"] is False
+    assert "structured_signals" not in outcome["output"]
+
+
+def test_check_looks_through_a_channels_router_and_middleware_to_the_stock_handler(
+    tmp_path: Path,
+) -> None:
+    outcome = scenario(tmp_path, "check", asgi="router")
+    assert outcome["failed"] is False
+    assert "structured_signals.W001" in outcome["output"]
+    assert "(ProtocolTypeRouter -> AuthMiddleware -> ASGIHandler)" in outcome["output"]
+
+
+def test_check_reports_that_it_could_not_look_when_the_asgi_module_raises_instead_of_crashing(
+    tmp_path: Path,
+) -> None:
+    outcome = scenario(tmp_path, "check", asgi="raises")
+    assert outcome["failed"] is False
+    assert "structured_signals.W002" in outcome["output"]
+    assert "RuntimeError: SHOP_SECRET is not set" in outcome["output"]
+    assert "structured_signals.W001" not in outcome["output"]
+
+
+@pytest.mark.parametrize("path", ["shop.nowhere.application", "shop.models.application"])
+def test_check_is_silent_when_the_asgi_application_does_not_exist(
+    tmp_path: Path, path: str
+) -> None:
+    outcome = scenario(tmp_path, "check", SHOP_ASGI_APPLICATION=path)
+    assert outcome["failed"] is False
+    assert "structured_signals" not in outcome["output"]
+
+
+@pytest.mark.parametrize("asgi", ["django", "structured"])
+def test_an_apm_wrapping_djangos_entry_point_wraps_the_structured_handler(
+    tmp_path: Path, asgi: str
+) -> None:
+    # ddtrace's patch(django=True) wraps django.core.asgi.get_asgi_application
+    # before Django is set up; asgi.py calls either entry point.
+    outcome = scenario(tmp_path, "", asgi=asgi, module="shop.apm")
+    assert outcome["route"] == ["TraceMiddleware", "StructuredASGIHandler"]
+    assert outcome["traced"] == ["/"]
+    assert outcome["status"] == 404
+
+
+class Exploding(LazyObject):  # type: ignore[type-arg]
+    """A lazy object whose setup fails, as GeoDjango's GEOS library without GEOS."""
+
+    def _setup(self) -> None:
+        raise ImportError("Could not find the GEOS library")
+
+
+@pytest.fixture
+def lazy_in_a_django_module(monkeypatch: pytest.MonkeyPatch) -> Exploding:
+    lazy = Exploding()
+    module = ModuleType("django._structured_signals_lazy")
+    module.lazy = lazy  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    return lazy
+
+
+def test_finding_djangos_signals_evaluates_no_lazy_object(
+    lazy_in_a_django_module: Exploding,
+) -> None:
+    found = _integration._django_signals()
+    assert request_started in found
+    assert lazy_in_a_django_module._wrapped is empty
+
+
+def test_finding_every_signal_for_upgrade_all_evaluates_no_lazy_object(
+    lazy_in_a_django_module: Exploding,
+) -> None:
+    found = _integration._all_signals()
+    assert request_started in found
+    assert lazy_in_a_django_module._wrapped is empty
+
+
+def test_startup_leaves_djangos_default_storage_unbuilt(tmp_path: Path) -> None:
+    # Django builds it on first use; model fields import it before apps are ready.
+    assert scenario(tmp_path, "storage") == {"default_storage_built": False}
+
+
+class Middleware:
+    """ASGI middleware as Sentry's and OpenTelemetry's keep what they wrap."""
+
+    def __init__(self, app: object) -> None:
+        self.app = app
+
+
+def test_w001_follows_middleware_to_a_lazy_application_without_evaluating_it() -> None:
+    lazy = Exploding()
+    route = _integration._http_route(Middleware(Middleware(lazy)))
+    assert [type(app) for app in route] == [Middleware, Middleware, Exploding]
+    assert route[-1] is lazy
+    assert lazy._wrapped is empty

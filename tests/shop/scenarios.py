@@ -14,10 +14,12 @@ import django
 django.setup()
 
 from django.core import signals as core_signals  # noqa: E402
+from django.core.files.storage import default_storage  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.core.management.base import SystemCheckError  # noqa: E402
 from django.db.models import signals as model_signals  # noqa: E402
 from django.dispatch import Signal  # noqa: E402
+from django.utils.functional import empty  # noqa: E402
 
 from shop.models import Order, order_paid  # noqa: E402
 from structured_signals import StructuredSignal  # noqa: E402
@@ -73,10 +75,16 @@ def check() -> dict[str, Any]:
     return {"failed": False, "output": output.getvalue()}
 
 
+def storage() -> dict[str, Any]:
+    """Whether default_storage was built by the time the project is set up."""
+    return {"default_storage_built": vars(default_storage)["_wrapped"] is not empty}
+
+
 SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
     "asave": asave,
     "signals": signals,
     "check": check,
+    "storage": storage,
 }
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The demo project (demo/demo_project) with the packages projects run beside us."""
