@@ -42,7 +42,7 @@ def _check_options(context: object, on_conflict: object, timeout: object) -> Non
     ):
         raise ValueError(
             f"StructuredSignal(timeout={timeout!r}) is not a timeout: use None (no "
-            "timeout) or the number of seconds the async receivers may take, above 0."
+            "timeout) or the finite number of seconds the async receivers may take, above 0."
         )
 
 
