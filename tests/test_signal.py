@@ -8,13 +8,14 @@ import functools
 import gc
 import logging
 import threading
+import traceback
 from typing import TYPE_CHECKING, Any
 
 import django
 import pytest
 from asgiref.local import Local
-from django import dispatch
 from asgiref.sync import iscoroutinefunction
+from django import dispatch
 from django.dispatch import receiver
 from support import (
     Bomb,
@@ -1176,7 +1177,7 @@ def test_connecting_and_disconnecting_from_other_threads_while_dispatching_raise
 
 
 @pytest.mark.parametrize("target", ["ContextVar", "Local attribute"])
-def test_a_callable_conflict_policy_returning_missing_raises_for_a_context_var_and_deletes_an_attribute(
+def test_a_conflict_policy_returning_missing_raises_for_a_context_var_and_deletes_an_attribute(
     run: Runner, target: str
 ) -> None:
     signal = StructuredSignal(context="isolated", on_conflict=lambda conflict: MISSING)
@@ -1331,3 +1332,87 @@ def test_a_receiver_disconnected_for_the_sender_mid_dispatch_stops_though_connec
     else:
         in_plain_thread(lambda: getattr(signal, method)(sender=SenderA))
     assert called == expected
+
+
+class Causes:
+    """An exception raised the way a receiver may: from a cause, while handling another."""
+
+    def __init__(self) -> None:
+        self.cause = LookupError("cause")
+        self.context = KeyError("context")
+        self.raised: list[BaseException] = []
+
+    def raise_it(self) -> None:
+        try:
+            raise self.context
+        except KeyError:
+            error = ValueError("effect")
+            self.raised.append(error)
+            raise error from self.cause
+
+    def receivers(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        def failing(**kwargs: Any) -> None:
+            self.raise_it()
+
+        async def async_failing(**kwargs: Any) -> None:
+            await asyncio.sleep(0)
+            self.raise_it()
+
+        async def sibling(**kwargs: Any) -> None:
+            await asyncio.sleep(0)
+
+        return (failing if kind == "sync" else async_failing), sibling
+
+
+def raised_by(signal: dispatch.Signal, method: str, run: Runner) -> BaseException:
+    async def async_caller() -> None:
+        await getattr(signal, method)(sender=None)
+
+    def call() -> None:
+        if method == "asend":
+            run(async_caller())
+        else:
+            in_plain_thread(lambda: signal.send(sender=None))
+
+    with pytest.raises(ValueError, match="effect") as raised:
+        call()
+    return raised.value
+
+
+@pytest.mark.parametrize("setup", ["alone", "beside a sibling", "with a timeout"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("method", ["send", "asend"])
+def test_a_receivers_exception_reaches_the_caller_with_its_own_cause_context_and_traceback(
+    run: Runner, method: str, kind: str, setup: str
+) -> None:
+    causes = Causes()
+    failing, sibling = causes.receivers(kind)
+    signal = StructuredSignal(timeout=5.0 if setup == "with a timeout" else None)
+    signal.connect(failing)
+    if setup == "beside a sibling":
+        signal.connect(sibling)
+
+    error = raised_by(signal, method, run)
+    assert error is causes.raised[-1]
+    assert error.__cause__ is causes.cause
+    assert error.__context__ is causes.context
+    assert error.__suppress_context__ is True
+    frames = [frame.name for frame in traceback.extract_tb(error.__traceback__)]
+    assert failing.__name__ in frames
+    assert "raise_it" in frames
+
+    if django.VERSION < (5, 0) or kind == "sync" or setup == "with a timeout":
+        return  # stock Django: no async receivers before 5.0, no timeout
+    # Stock Django keeps the cause too; 6.1 (TaskGroup) replaces the context
+    # with its ExceptionGroup, 5.2 (gather) keeps it, as we do.
+    stock = dispatch.Signal()
+    stock.connect(failing)
+    if setup == "beside a sibling":
+        stock.connect(sibling)
+    stock_error = raised_by(stock, method, run)
+    assert stock_error.__cause__ is causes.cause
+    assert stock_error.__suppress_context__ is True
+    if django.VERSION >= (6, 1):
+        assert isinstance(stock_error.__context__, BaseExceptionGroup)
+    else:
+        assert stock_error.__context__ is causes.context
