@@ -10,3 +10,5 @@ DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.envi
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 USE_TZ = True
 STRUCTURED_SIGNALS = json.loads(os.environ.get("SHOP_STRUCTURED_SIGNALS", "{}"))
+ROOT_URLCONF = "shop.urls"
+ALLOWED_HOSTS = ["127.0.0.1"]
