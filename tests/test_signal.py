@@ -1242,7 +1242,7 @@ class TracedSignal(StructuredSignal):
     """A signal whose live receivers come wrapped, as sentry-sdk's signals_spans wraps them."""
 
     def _live_receivers(self, sender: Any) -> Any:
-        found = super()._live_receivers(sender)
+        found: Any = super()._live_receivers(sender)
         if django.VERSION < (5, 0):
             return [traced(receiver) for receiver in found]
         sync_receivers, async_receivers = found
