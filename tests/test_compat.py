@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import sys
 from typing import Any
 
+import pytest
 from asgiref.local import Local
 from asgiref.sync import SyncToAsync
 from django.dispatch import Signal
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import in_plain_thread
+from support import Runner, in_plain_thread
 
 from structured_signals._compat import (
     ASGIREF_VARIABLES,
+    BaseExceptionGroup,
+    ReceiverTaskGroup,
     asgiref_carrier,
+    live_keys,
     live_receivers,
     local_attributes,
     local_storage,
     rehomed,
     shares_values,
+    still_connected,
     unshared_items,
+    with_asgiref_of_current,
 )
 
 state = Local()
@@ -180,3 +188,77 @@ def test_shares_values_recognises_an_unwritten_copy_and_nothing_else() -> None:
     copy.run(POOL[5].set, VALUES[0])  # the same value: still a write
     assert not shares_values(before, copy)
     assert not shares_values(before, context_holding(dict.fromkeys(range(100), 0)))
+
+
+def test_with_asgiref_of_current_copies_asgirefs_variables_from_the_current_context() -> None:
+    def receiver_start() -> contextvars.Context:
+        plain.set("the caller's")
+        SyncToAsync.deadlock_context.set(False)
+        return contextvars.copy_context()
+
+    start = contextvars.Context().run(receiver_start)
+
+    def inside_async_to_sync() -> contextvars.Context:
+        plain.set("asgiref's side")
+        SyncToAsync.deadlock_context.set(True)
+        return with_asgiref_of_current(start)
+
+    carried = contextvars.Context().run(inside_async_to_sync)
+    assert carried[SyncToAsync.deadlock_context] is True
+    assert carried[plain] == "the caller's"
+    assert start[SyncToAsync.deadlock_context] is False
+
+
+class Sender:
+    pass
+
+
+def test_live_keys_stand_by_position_for_the_live_receivers_each_kind_in_its_own_list() -> None:
+    signal = Signal()
+
+    def sync_receiver(**kwargs: Any) -> None:
+        pass
+
+    async def async_receiver(**kwargs: Any) -> None:
+        pass
+
+    signal.connect(sync_receiver, sender=Sender, weak=False)
+    signal.connect(async_receiver, weak=False, dispatch_uid="uid")
+    signal.connect(sync_receiver, sender=object, weak=False)
+    sync_keys, async_keys = live_keys(signal.receivers.copy(), Sender)
+    assert live_receivers(signal, Sender) == ([sync_receiver], [async_receiver])
+    assert len(sync_keys) == len(async_keys) == 1
+    assert sync_keys[0][1] == id(Sender)
+    assert async_keys[0][0] == "uid"
+    assert still_connected(signal, sync_keys[0])
+    signal.disconnect(sync_receiver, sender=Sender)
+    assert not still_connected(signal, sync_keys[0])
+    assert still_connected(signal, async_keys[0])
+
+
+async def fails_soon() -> None:
+    await asyncio.sleep(0)
+    raise ValueError
+
+
+async def fail_in_a_group() -> None:
+    async with ReceiverTaskGroup() as group:
+        group.create_task(fails_soon())
+        group.create_task(asyncio.sleep(10))
+
+
+def test_receiver_task_group_leaves_its_parent_tasks_cancel_requests_as_it_found_them(
+    run: Runner,
+) -> None:
+    async def parent() -> list[int | None]:
+        counts: list[int | None] = []
+        for _ in range(3):
+            with pytest.raises(BaseExceptionGroup):
+                await fail_in_a_group()
+            await asyncio.sleep(0)  # no stray cancellation either
+            cancelling = getattr(asyncio.current_task(), "cancelling", None)
+            counts.append(None if cancelling is None else cancelling())
+        return counts
+
+    # Below 3.11 a task does not count its cancel requests.
+    assert run(parent()) == [0 if sys.version_info >= (3, 11) else None] * 3
