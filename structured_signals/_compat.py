@@ -297,6 +297,8 @@ def live_keys(
             target = target()
             if target is None:
                 continue  # dead: `_live_receivers` skipped it too
+        if len(entry) == 4 and entry[2] is not None and entry[2]() is None:
+            continue  # Django 5.1+: a weakly referenced sender that died, skipped too
         # Django 5.0+ stores is_async last; 4.2 tells them apart as below.
         is_async = entry[-1] if _DJANGO_5 else asgiref_iscoroutinefunction(target)
         (async_keys if is_async else sync_keys).append(key)

@@ -98,8 +98,10 @@ class Dispatch:
         self.on_conflict = signal.on_conflict
         self.timeout = signal.timeout
         self.disconnections = signal._disconnections
-        # What the receivers were looked up from, for `_still_connected`.
-        # (A copy: Django edits the list in place.)
+        # Invariant: made right after `live_receivers()`, so `entries` is the
+        # `signal.receivers` they were looked up from (a copy: Django edits
+        # the list in place); `keys`, their lookup keys, is read from it only
+        # once a disconnect() happened during the dispatch.
         self.entries = signal.receivers.copy()
         self.keys: tuple[list[LookupKey], list[LookupKey]] | None = None
         # Invariant: set once the caller stopped waiting for the sync
@@ -324,10 +326,10 @@ class Dispatch:
     def _still_connected(self, index: int, *, asynchronous: bool) -> bool:
         """False once the disconnect() of the `index`th sync or async receiver has returned.
 
-        Decided by the lookup key the receiver was connected under (#36714's
-        sibling problem: identity fails for a WeakMethod and for a wrapped
-        receiver), so that disconnecting it for one sender or dispatch_uid
-        leaves its other connections alone.
+        Decided by the lookup key it was connected under, as disconnect()
+        decides: identity fails for a WeakMethod (a new bound method per call)
+        and for a receiver a tracing library wrapped, and disconnecting it for
+        one sender or dispatch_uid leaves its other connections alone.
         """
         if self.signal._disconnections == self.disconnections:
             return True
