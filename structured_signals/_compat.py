@@ -18,6 +18,7 @@ import django
 from asgiref import local as asgiref_local
 from asgiref.sync import AsyncToSync, SyncToAsync
 from asgiref.sync import iscoroutinefunction as asgiref_iscoroutinefunction
+from django.dispatch.dispatcher import NONE_ID, _make_id  # type: ignore[attr-defined]
 
 if sys.version_info >= (3, 11):
     from asyncio import TaskGroup, timeout_at
@@ -105,6 +106,32 @@ elif sys.version_info >= (3, 12):
 else:
     EagerTaskGroup = TaskGroup
 
+if sys.version_info >= (3, 13):
+    ReceiverTaskGroup = EagerTaskGroup
+elif sys.version_info >= (3, 11):
+
+    class ReceiverTaskGroup(EagerTaskGroup):
+        """EagerTaskGroup that leaves its parent task's cancel count as it found it.
+
+        CPython 3.11 and 3.12 cancel the parent when a child fails while
+        `__aexit__` waits, and never take that request back (3.13 does, at
+        the end of `__aexit__`): each failed group would leave the caller's
+        `Task.cancelling()` one higher.
+        """
+
+        async def __aexit__(self, et: Any, exc: Any, tb: Any) -> None:
+            # A request made before __aexit__ is taken back by __aexit__ itself.
+            requested = self._parent_cancel_requested
+            try:
+                await super().__aexit__(et, exc, tb)
+            finally:
+                if self._parent_cancel_requested and not requested:
+                    self._parent_task.uncancel()
+
+else:
+    # The taskgroup backport takes its request back, as 3.13 does.
+    ReceiverTaskGroup = EagerTaskGroup
+
 if TYPE_CHECKING:
     from django.core.handlers.asgi import ASGIHandler
     from django.dispatch import Signal
@@ -114,11 +141,11 @@ __all__ = (
     "ASGIREF_VARIABLES",
     "BaseExceptionGroup",
     "EagerTaskGroup",
+    "ReceiverTaskGroup",
     "TaskGroup",
     "asgiref_carrier",
-    "counts_cancellations",
-    "is_connected",
     "listen_for_disconnect",
+    "live_keys",
     "live_receivers",
     "local_attributes",
     "local_storage",
@@ -126,8 +153,10 @@ __all__ = (
     "run_get_response",
     "script_prefix",
     "shares_values",
+    "still_connected",
     "timeout_at",
     "unshared_items",
+    "with_asgiref_of_current",
 )
 
 Receiver = Callable[..., Any]
@@ -148,25 +177,6 @@ def live_receivers(signal: Signal, sender: Any) -> tuple[list[Receiver], list[Re
         [r for r in receivers if not asgiref_iscoroutinefunction(r)],
         [r for r in receivers if asgiref_iscoroutinefunction(r)],
     )
-
-
-if sys.version_info >= (3, 11):
-
-    def counts_cancellations() -> bool:
-        """Whether the current task counts the cancellations requested of it.
-
-        Every task does from Python 3.11 (`Task.cancelling()`).
-        """
-        return True
-
-else:
-
-    def counts_cancellations() -> bool:
-        """Whether the current task counts the cancellations requested of it.
-
-        Below Python 3.11 only the taskgroup backport's tasks do.
-        """
-        return hasattr(asyncio.current_task(), "cancelling")
 
 
 def shares_values(before: contextvars.Context, after: contextvars.Context) -> bool:
@@ -306,17 +316,43 @@ def _array_node_type() -> type | None:
     return type(root) if type(root).__name__ == "hamt_array_node" else None
 
 
-def is_connected(signal: Signal, receiver: Receiver) -> bool:
-    """Whether `receiver` is still among `signal`'s receivers."""
-    # Every Django keeps (lookup_key, receiver or weak reference, ...) tuples.
+LookupKey = tuple[Any, Any]
+
+
+def live_keys(
+    entries: list[tuple[Any, ...]], sender: Any
+) -> tuple[list[LookupKey], list[LookupKey]]:
+    """The lookup keys of `live_receivers(signal, sender)`, as (sync, async), in its order.
+
+    `entries` is `signal.receivers` as it was when the receivers were looked
+    up: every Django keeps (lookup_key, receiver or weak reference, ...)
+    there. The keys stand by position for the receivers `_live_receivers`
+    returned, whatever those are: a new bound method for each call of a
+    WeakMethod, a wrapper a tracing library put around the receiver.
+    """
+    sender_key = _make_id(sender)
+    sync_keys: list[LookupKey] = []
+    async_keys: list[LookupKey] = []
+    for entry in entries:
+        key, target = entry[0], entry[1]
+        if key[1] != NONE_ID and key[1] != sender_key:
+            continue
+        if isinstance(target, weakref.ReferenceType):
+            target = target()
+            if target is None:
+                continue  # dead: `_live_receivers` skipped it too
+        if len(entry) == 4 and entry[2] is not None and entry[2]() is None:
+            continue  # Django 5.1+: a weakly referenced sender that died, skipped too
+        # Django 5.0+ stores is_async last; 4.2 tells them apart as below.
+        is_async = entry[-1] if _DJANGO_5 else asgiref_iscoroutinefunction(target)
+        (async_keys if is_async else sync_keys).append(key)
+    return sync_keys, async_keys
+
+
+def still_connected(signal: Signal, key: LookupKey) -> bool:
+    """Whether a receiver connected under lookup key `key` still is."""
     with signal.lock:
-        for entry in signal.receivers:
-            target = entry[1]
-            if isinstance(target, weakref.ReferenceType):
-                target = target()
-            if target is receiver:
-                return True
-    return False
+        return any(entry[0] == key for entry in signal.receivers)
 
 
 # asgiref.local.Local keeps every attribute of one Local in ONE ContextVar.
@@ -398,6 +434,22 @@ def asgiref_carrier() -> contextvars.Context:
     carrier = contextvars.Context()
     carrier.run(_set_values, [(v, current[v]) for v in ASGIREF_VARIABLES if v in current])
     return carrier
+
+
+def with_asgiref_of_current(context: contextvars.Context) -> contextvars.Context:
+    """A copy of `context` whose asgiref variables are the current context's.
+
+    Async receivers of a sync `send()` run in the task `async_to_sync` made
+    for the waiting thread, and their `sync_to_async` calls must find what
+    `async_to_sync` set there (`AsyncToSync.executors.current`: run in the
+    waiting thread). With the values of the dispatch's caller instead, they
+    queue behind the waiting thread in its ThreadSensitiveContext (a hang)
+    or hit asgiref's "Single thread executor already being used".
+    """
+    current = contextvars.copy_context()
+    copy = context.copy()
+    copy.run(_set_values, [(v, current[v]) for v in ASGIREF_VARIABLES if v in current])
+    return copy
 
 
 def _set_values(values: list[tuple[contextvars.ContextVar[Any], Any]]) -> None:

@@ -160,12 +160,26 @@ def merge(
             if on_conflict == "raise":
                 conflicts.append(conflict)
                 continue
-            chosen = (None, on_conflict(conflict))
+            chosen = (None, _decided(on_conflict, conflict))
         if chosen[1] is not caller_value:
             result[key] = chosen[1]
     if conflicts:
         raise ContextConflictError(conflicts)
     return result
+
+
+def _decided(on_conflict: Callable[[Conflict], object], conflict: Conflict) -> object:
+    """The value a callable policy keeps; MISSING (unset) only for a Local attribute."""
+    value = on_conflict(conflict)
+    if value is MISSING and conflict.attribute is None:
+        policy = getattr(on_conflict, "__qualname__", None) or repr(on_conflict)
+        raise ValueError(
+            f"on_conflict={policy} returned MISSING for the ContextVar "
+            f"{conflict.variable.name!r}, which cannot be unset: return the value to keep "
+            "(one of conflict.writers' values, for instance). Only a Local attribute can "
+            "be deleted by returning MISSING. Nothing was merged."
+        )
+    return value
 
 
 def merge_into_current(

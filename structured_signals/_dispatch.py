@@ -24,20 +24,22 @@ from asgiref.sync import async_to_sync, sync_to_async
 
 from structured_signals._compat import (
     BaseExceptionGroup,
-    EagerTaskGroup,
+    LookupKey,
+    ReceiverTaskGroup,
     asgiref_carrier,
-    counts_cancellations,
-    is_connected,
+    live_keys,
     rehomed,
     shares_values,
+    still_connected,
     timeout_at,
+    with_asgiref_of_current,
 )
 from structured_signals._context import Writer, merge_into_current
 
 if TYPE_CHECKING:
     from structured_signals._signal import StructuredSignal
 
-__all__ = ("Dispatch", "Responses", "describe", "runs_alone", "send_to_one")
+__all__ = ("Dispatch", "Responses", "describe")
 
 Receiver = Callable[..., Any]
 Responses = list[tuple[Receiver, Any]]
@@ -65,11 +67,14 @@ class Dispatch:
     """
 
     __slots__ = (
+        "abandoned",
         "async_base",
         "async_writers",
         "base",
         "disconnections",
+        "entries",
         "isolated",
+        "keys",
         "named",
         "on_conflict",
         "responses",
@@ -93,6 +98,15 @@ class Dispatch:
         self.on_conflict = signal.on_conflict
         self.timeout = signal.timeout
         self.disconnections = signal._disconnections
+        # Invariant: made right after `live_receivers()`, so `entries` is the
+        # `signal.receivers` they were looked up from (a copy: Django edits
+        # the list in place); `keys`, their lookup keys, is read from it only
+        # once a disconnect() happened during the dispatch.
+        self.entries = signal.receivers.copy()
+        self.keys: tuple[list[LookupKey], list[LookupKey]] | None = None
+        # Invariant: set once the caller stopped waiting for the sync
+        # receivers' thread; the ones that had not started then never start.
+        self.abandoned = False
         # Local storages are tagged with the thread that wrote them (asgiref
         # 3.12+): re-home them only when receivers run on another thread.
         self.thread = threading.get_ident()
@@ -129,8 +143,10 @@ class Dispatch:
     def run_sync(self, receivers: list[Receiver]) -> None:
         """Run sync receivers here, in order, each seeing the previous one's writes."""
         context = self._at_home(self.base)
-        for receiver in receivers:
-            if not self._still_connected(receiver):
+        for index, receiver in enumerate(receivers):
+            if self.abandoned:
+                return
+            if not self._still_connected(index, asynchronous=False):
                 continue
             attempt = context.copy()
             try:
@@ -159,20 +175,26 @@ class Dispatch:
     async def run_sync_in_thread(self, receivers: list[Receiver]) -> None:
         """Run sync receivers in one sync_to_async(thread_sensitive=True) call."""
         hop = sync_to_async(self.run_sync, thread_sensitive=True)
-        await _in_context(asgiref_carrier(), hop(receivers))
+        try:
+            await _in_context(asgiref_carrier(), hop(receivers))
+        except asyncio.CancelledError:
+            # The thread goes on with the receiver it is running (nothing
+            # stops a thread); run_sync starts no other one after this.
+            self.abandoned = True
+            raise
         self.sync_ran_elsewhere = True
 
-    async def run_async(self, receivers: list[Receiver]) -> None:
+    async def run_async(self, receivers: list[Receiver], *, from_sync: bool = False) -> None:
         """Run async receivers concurrently in a TaskGroup, on the current loop.
 
-        A lone one, where it can be, is awaited right here (`_await_alone`).
+        Each one, a lone one too, runs in a task of its own (SPEC 3.8).
+        `from_sync`: run by `async_to_sync` for a sync `send()`.
         """
         sync_end = self._sync_end
         start = rehomed(sync_end) if self.sync_ran_elsewhere else self._at_home(sync_end)
+        if from_sync:
+            start = with_asgiref_of_current(start)
         self.async_base = start
-        if len(receivers) == 1 and _can_run_alone(self.signal):
-            await self._run_alone(receivers[0], start)
-            return
         if self.isolated:
             contexts = [start.copy() for _ in receivers]
         else:
@@ -200,8 +222,10 @@ class Dispatch:
         disconnections = self.disconnections
 
         async def call(index: int, receiver: Receiver) -> None:
-            # As _still_connected(), inline: this runs once per receiver.
-            if signal._disconnections != disconnections and not is_connected(signal, receiver):
+            # As _still_connected(), the common case inline: this runs once per receiver.
+            if signal._disconnections != disconnections and not self._still_connected(
+                index, asynchronous=True
+            ):
                 skipped[index] = True
                 return
             try:
@@ -225,12 +249,13 @@ class Dispatch:
 
         async def run_all() -> None:
             nonlocal populating
-            async with EagerTaskGroup() as group:
+            async with ReceiverTaskGroup() as group:
                 create_task = group.create_task
                 for index, receiver in enumerate(receivers):
                     create_task(call(index, receiver), context=contexts[index])
                 populating = False
 
+        failure: BaseException | None = None
         try:
             if group_deadline is None:
                 await run_all()
@@ -238,12 +263,18 @@ class Dispatch:
                 async with timeout_at(group_deadline):
                     await run_all()
         except _ReceiverCancelled as error:
-            raise error.cancelled from None
+            failure = error.cancelled
         except BaseExceptionGroup as group_error:
             errors = [_unwrapped(error) for error in group_error.exceptions]
-            if len(errors) == 1:
-                raise errors[0] from None
-            raise BaseExceptionGroup("errors raised by receivers", errors) from None
+            failure = (
+                errors[0]
+                if len(errors) == 1
+                else BaseExceptionGroup("errors raised by receivers", errors)
+            )
+        if failure is not None:
+            # Raised outside the except clause: a receiver's exception keeps
+            # its own __cause__, __context__ and __suppress_context__.
+            raise failure
         if any(skipped):
             kept = [index for index, skip in enumerate(skipped) if not skip]
             receivers = [receivers[index] for index in kept]
@@ -258,21 +289,12 @@ class Dispatch:
             if not lost:
                 self._keep_writer(partial(describe, receiver), context)
 
-    async def _run_alone(self, receiver: Receiver, start: contextvars.Context) -> None:
-        """Run the one async receiver inline, in a copy of `start`."""
-        if not self._still_connected(receiver):
-            return
-        context = start.copy()
-        response, failed = await _await_alone(
-            self.signal, receiver, self.sender, self.named, context, robust=self.robust
-        )
-        self.responses.append((receiver, response))
-        if not (failed and self.isolated):
-            self._keep_writer(_lone_name(receiver, isolated=self.isolated), context)
-
     def run_async_from_sync(self, receivers: list[Receiver]) -> None:
         """Run async receivers from sync code, through async_to_sync."""
-        asgiref_carrier().run(async_to_sync(self.run_async), receivers)
+        asgiref_carrier().run(async_to_sync(self._run_async_from_sync), receivers)
+
+    async def _run_async_from_sync(self, receivers: list[Receiver]) -> None:
+        await self.run_async(receivers, from_sync=True)
 
     def merge_into_caller(self) -> None:
         """Write the receivers' changes into the caller's current context."""
@@ -301,99 +323,24 @@ class Dispatch:
         if not shares_values(self.async_base, context):
             self.async_writers.append(Writer(describe, context))
 
-    def _still_connected(self, receiver: Receiver) -> bool:
-        """False once `receiver`'s disconnect() has returned, even mid-dispatch."""
-        return self.signal._disconnections == self.disconnections or is_connected(
-            self.signal, receiver
-        )
+    def _still_connected(self, index: int, *, asynchronous: bool) -> bool:
+        """False once the disconnect() of the `index`th sync or async receiver has returned.
+
+        Decided by the lookup key it was connected under, as disconnect()
+        decides: identity fails for a WeakMethod (a new bound method per call)
+        and for a receiver a tracing library wrapped, and disconnecting it for
+        one sender or dispatch_uid leaves its other connections alone.
+        """
+        if self.signal._disconnections == self.disconnections:
+            return True
+        if self.keys is None:
+            self.keys = live_keys(self.entries, self.sender)
+        return still_connected(self.signal, self.keys[asynchronous][index])
 
 
-def runs_alone(
-    signal: StructuredSignal, sync_receivers: list[Receiver], async_receivers: list[Receiver]
-) -> bool:
-    """Whether the dispatch is one async receiver and nothing else: see `send_to_one`."""
-    return not sync_receivers and len(async_receivers) == 1 and _can_run_alone(signal)
-
-
-async def send_to_one(
-    signal: StructuredSignal,
-    receiver: Receiver,
-    sender: Any,
-    named: dict[str, Any],
-    *,
-    robust: bool,
-) -> Responses:
-    """Dispatch to a lone async receiver, without a Dispatch's bookkeeping."""
-    isolated = signal.context == "isolated"
-    base = contextvars.copy_context()
-    context = base.copy()
-    response, failed = await _await_alone(signal, receiver, sender, named, context, robust=robust)
-    if not (failed and isolated) and not shares_values(base, context):
-        merge_into_current(
-            base=base,
-            sync_writers=(),
-            async_base=base,
-            async_writers=(Writer(_lone_name(receiver, isolated=isolated), context),),
-            on_conflict=signal.on_conflict,
-        )
-    return [(receiver, response)]
-
-
-def _lone_name(receiver: Receiver, *, isolated: bool) -> Callable[[], str]:
-    """How conflicts name a lone async receiver's writes."""
-    return partial(describe if isolated else _shared_name, receiver)
-
-
-def _can_run_alone(signal: StructuredSignal) -> bool:
-    # A deadline needs a task to cancel; telling the receiver's own
-    # CancelledError from the caller being cancelled needs a task that counts
-    # its cancellations (Python 3.11+).
-    return signal.timeout is None and counts_cancellations()
-
-
-async def _await_alone(
-    signal: StructuredSignal,
-    receiver: Receiver,
-    sender: Any,
-    named: dict[str, Any],
-    context: contextvars.Context,
-    *,
-    robust: bool,
-) -> tuple[Any, bool]:
-    """Await a lone async receiver in this task, in `context`: (response, failed).
-
-    It has no sibling to run beside: this is what a TaskGroup of one does,
-    minus the task and the trips through the event loop.
-    """
-    task = asyncio.current_task()
-    # Cancellations this task had been asked for before are not the receiver's.
-    cancelling = task.cancelling() if task is not None else 0
-    try:
-        # Called in its context too: a marked sync callable runs code when called.
-        coroutine = _coroutine_of(context.run(receiver, signal=signal, sender=sender, **named))
-        finished, value = _first_step(context, coroutine)
-        # One that finishes at once costs no generator to step it.
-        if not finished:
-            value = await _steps_after(context, coroutine, value)
-        outcome = (value, False)
-    except BaseException as err:
-        if not _answers(robust, receiver, err, cancelling=cancelling):
-            raise
-        outcome = (err, True)
-    if task is not None and task.cancelling() > cancelling:
-        # The caller was cancelled and the receiver swallowed it: a group of
-        # one would still raise it, merging nothing.
-        raise asyncio.CancelledError
-    return outcome
-
-
-def _answers(robust: bool, receiver: Receiver, err: BaseException, *, cancelling: int = 0) -> bool:
-    """Whether `err` becomes `receiver`'s response (robust dispatch), logged.
-
-    `cancelling`: how many cancellations the running task had been asked for
-    before the receiver started (none for a task of its own).
-    """
-    if robust and (isinstance(err, Exception) or _own_cancellation(err, cancelling)):
+def _answers(robust: bool, receiver: Receiver, err: BaseException) -> bool:
+    """Whether `err` becomes `receiver`'s response (robust dispatch), logged."""
+    if robust and (isinstance(err, Exception) or _own_cancellation(err)):
         _log_failure(receiver, err)
         return True
     return False
@@ -424,17 +371,16 @@ def _unwrapped(error: BaseException) -> BaseException:
     return error.cancelled if isinstance(error, _ReceiverCancelled) else error
 
 
-def _own_cancellation(err: BaseException, cancelling: int = 0) -> bool:
+def _own_cancellation(err: BaseException) -> bool:
     """Whether `err` is a CancelledError the receiver raised itself.
 
-    Not one thrown into it because its task is being cancelled (by the group,
-    the caller, a timeout): that asks for one more cancellation than the
-    task had been asked for (`cancelling`) when the receiver started.
+    Not one thrown into it because its task (its own) is being cancelled, by
+    the group, the caller or a timeout: that task then counts a request.
     """
     if not isinstance(err, asyncio.CancelledError):
         return False
     task = asyncio.current_task()
-    return task is None or task.cancelling() <= cancelling
+    return task is None or task.cancelling() == 0
 
 
 def _awaitable_from_sync_receiver(receiver: Receiver, response: Any) -> TypeError:

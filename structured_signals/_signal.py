@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from typing import TYPE_CHECKING, Any, get_args
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -10,13 +11,7 @@ from django.dispatch import Signal
 from django.dispatch.dispatcher import NO_RECEIVERS
 
 from structured_signals._compat import live_receivers
-from structured_signals._dispatch import (
-    ContextMode,
-    Dispatch,
-    Responses,
-    runs_alone,
-    send_to_one,
-)
+from structured_signals._dispatch import ContextMode, Dispatch, Responses
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -43,12 +38,20 @@ def _check_options(context: object, on_conflict: object, timeout: object) -> Non
             "that takes the Conflict and returns the value to keep."
         )
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0
+        isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not _finite(timeout)
     ):
         raise ValueError(
             f"StructuredSignal(timeout={timeout!r}) is not a timeout: use None (no "
-            "timeout) or the number of seconds the async receivers may take, above 0."
+            "timeout) or the finite number of seconds the async receivers may take, above 0."
         )
+
+
+def _finite(timeout: float) -> bool:
+    """Above 0, and a deadline the event loop can compute (10**400 is not)."""
+    try:
+        return timeout > 0 and math.isfinite(timeout)
+    except OverflowError:
+        return False
 
 
 class StructuredSignal(Signal):
@@ -161,12 +164,10 @@ class StructuredSignal(Signal):
         self, sender: Any, named: dict[str, Any], *, robust: bool
     ) -> Coroutine[Any, Any, Responses]:
         # Picks the coroutine that dispatches, for asend to await: one
-        # coroutine less to go through for the common lone receiver.
+        # coroutine less to go through.
         if not self.receivers or self.sender_receivers_cache.get(sender) is NO_RECEIVERS:
             return _no_responses()
         sync_receivers, async_receivers = live_receivers(self, sender)
-        if runs_alone(self, sync_receivers, async_receivers):
-            return send_to_one(self, async_receivers[0], sender, named, robust=robust)
         dispatch = Dispatch(self, sender, named, robust=robust)
         return dispatch.run_from_async(sync_receivers, async_receivers)
 

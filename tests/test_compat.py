@@ -7,6 +7,7 @@ import contextvars
 import sys
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from asgiref.local import Local
 from asgiref.sync import SyncToAsync
 from django.dispatch import Signal
@@ -16,14 +17,19 @@ from support import Runner, in_plain_thread, runner
 
 from structured_signals._compat import (
     ASGIREF_VARIABLES,
+    BaseExceptionGroup,
     EagerTaskGroup,
+    ReceiverTaskGroup,
     asgiref_carrier,
+    live_keys,
     live_receivers,
     local_attributes,
     local_storage,
     rehomed,
     shares_values,
+    still_connected,
     unshared_items,
+    with_asgiref_of_current,
 )
 
 if TYPE_CHECKING:
@@ -253,3 +259,75 @@ def test_eager_task_group_runs_its_tasks_on_a_loop_whose_create_task_takes_no_ea
         # 3.12-3.13's copy of the group's internals makes the task itself;
         # from 3.14 the loop's create_task makes it, the usual way.
         assert eager == ((3, 12) <= sys.version_info < (3, 14))
+def test_with_asgiref_of_current_copies_asgirefs_variables_from_the_current_context() -> None:
+    def receiver_start() -> contextvars.Context:
+        plain.set("the caller's")
+        SyncToAsync.deadlock_context.set(False)
+        return contextvars.copy_context()
+
+    start = contextvars.Context().run(receiver_start)
+
+    def inside_async_to_sync() -> contextvars.Context:
+        plain.set("asgiref's side")
+        SyncToAsync.deadlock_context.set(True)
+        return with_asgiref_of_current(start)
+
+    carried = contextvars.Context().run(inside_async_to_sync)
+    assert carried[SyncToAsync.deadlock_context] is True
+    assert carried[plain] == "the caller's"
+    assert start[SyncToAsync.deadlock_context] is False
+
+
+class Sender:
+    pass
+
+
+def test_live_keys_stand_by_position_for_the_live_receivers_each_kind_in_its_own_list() -> None:
+    signal = Signal()
+
+    def sync_receiver(**kwargs: Any) -> None:
+        pass
+
+    async def async_receiver(**kwargs: Any) -> None:
+        pass
+
+    signal.connect(sync_receiver, sender=Sender, weak=False)
+    signal.connect(async_receiver, weak=False, dispatch_uid="uid")
+    signal.connect(sync_receiver, sender=object, weak=False)
+    sync_keys, async_keys = live_keys(signal.receivers.copy(), Sender)
+    assert live_receivers(signal, Sender) == ([sync_receiver], [async_receiver])
+    assert len(sync_keys) == len(async_keys) == 1
+    assert sync_keys[0][1] == id(Sender)
+    assert async_keys[0][0] == "uid"
+    assert still_connected(signal, sync_keys[0])
+    signal.disconnect(sync_receiver, sender=Sender)
+    assert not still_connected(signal, sync_keys[0])
+    assert still_connected(signal, async_keys[0])
+
+
+async def fails_soon() -> None:
+    await asyncio.sleep(0)
+    raise ValueError
+
+
+async def fail_in_a_group() -> None:
+    async with ReceiverTaskGroup() as group:
+        group.create_task(fails_soon())
+        group.create_task(asyncio.sleep(10))
+
+
+def test_receiver_task_group_leaves_its_parent_tasks_cancel_requests_as_it_found_them(
+    run: Runner,
+) -> None:
+    async def parent() -> list[int | None]:
+        counts: list[int | None] = []
+        for _ in range(3):
+            with pytest.raises(BaseExceptionGroup):
+                await fail_in_a_group()
+            await asyncio.sleep(0)  # no stray cancellation either
+            cancelling = getattr(asyncio.current_task(), "cancelling", None)
+            counts.append(None if cancelling is None else cancelling())
+        return counts
+
+    # Below 3.11 a task does not count its cancel requests.
+    assert run(parent()) == [0 if sys.version_info >= (3, 11) else None] * 3

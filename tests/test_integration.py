@@ -25,9 +25,10 @@ def scenario(
     structured_signals: object = None,
     asgi: str = "structured",
     module: str = "shop.scenarios",
+    arguments: tuple[str, ...] = (),
     **environ: str,
 ) -> dict[str, Any]:
-    """Run `python -m MODULE NAME` in a fresh process; its JSON outcome."""
+    """Run `python -m MODULE NAME ARGUMENTS...` in a fresh process; its JSON outcome."""
     env = {
         **environ,
         **os.environ,
@@ -40,7 +41,7 @@ def scenario(
         ),
     }
     done = subprocess.run(
-        [sys.executable, "-m", module, name],
+        [sys.executable, "-m", module, name, *arguments],
         cwd=TESTS_DIR,
         env=env,
         capture_output=True,
@@ -57,6 +58,14 @@ def test_asave_fires_post_save_whose_async_receivers_write_reaches_the_caller(
     tmp_path: Path,
 ) -> None:
     assert scenario(tmp_path, "asave") == {"last_saved": "espresso", "rows": 1}
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_sync_view_under_uvicorn_saving_a_model_with_an_async_receiver_using_the_orm_answers(
+    tmp_path: Path, loop: str
+) -> None:
+    outcome = scenario(tmp_path, "sync_view_save", arguments=(loop,))
+    assert outcome == {"status": 200, "orders_counted_by_the_receiver": 1}
 
 
 def test_the_app_upgrades_djangos_builtin_signals_in_place(tmp_path: Path) -> None:

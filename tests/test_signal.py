@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import gc
 import logging
 import threading
+import traceback
 from typing import TYPE_CHECKING, Any
 
 import django
 import pytest
 from asgiref.local import Local
+from asgiref.sync import iscoroutinefunction
 from django import dispatch
 from django.dispatch import receiver
 from support import (
@@ -1171,3 +1174,245 @@ def test_connecting_and_disconnecting_from_other_threads_while_dispatching_raise
         stop.set()
         churner.join()
     assert errors == []
+
+
+@pytest.mark.parametrize("target", ["ContextVar", "Local attribute"])
+def test_a_conflict_policy_returning_missing_raises_for_a_context_var_and_deletes_an_attribute(
+    run: Runner, target: str
+) -> None:
+    signal = StructuredSignal(context="isolated", on_conflict=lambda conflict: MISSING)
+
+    def write(value: str) -> None:
+        if target == "ContextVar":
+            user.set(value)
+        else:
+            request_state.user_id = value
+
+    async def one(**kwargs: Any) -> None:
+        write("a")
+
+    async def other(**kwargs: Any) -> None:
+        write("b")
+        request_id.set("not merged when the dispatch raises")
+
+    signal.connect(one)
+    signal.connect(other)
+
+    async def caller() -> tuple[object, object]:
+        write("base")
+        await signal.asend(sender=None)
+        return getattr(request_state, "user_id", MISSING), request_id.get(None)
+
+    async def raising_caller() -> str:
+        write("base")
+        before = snapshot()
+        with pytest.raises(ValueError, match="MISSING for the ContextVar 'user'") as raised:
+            await signal.asend(sender=None)
+        assert_context_is(before)
+        return str(raised.value)
+
+    if target == "Local attribute":
+        assert run(caller()) == (MISSING, "not merged when the dispatch raises")
+    else:
+        assert "return the value to keep" in run(raising_caller())
+
+
+@pytest.mark.parametrize("timeout", [10**400, float("inf"), -float("inf")])
+def test_a_timeout_the_event_loop_cannot_compute_a_deadline_from_raises_value_error(
+    timeout: Any,
+) -> None:
+    with pytest.raises(ValueError, match="finite number of seconds"):
+        StructuredSignal(timeout=timeout)
+    with pytest.raises(ValueError, match="finite number of seconds"):
+        upgrade(dispatch.Signal(), timeout=timeout)
+
+
+class Handler:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def on_sync(self, **kwargs: Any) -> None:
+        self.calls.append("sync")
+
+    async def on_async(self, **kwargs: Any) -> None:
+        self.calls.append("async")
+
+
+class TracedSignal(StructuredSignal):
+    """A signal whose live receivers come wrapped, as sentry-sdk's signals_spans wraps them."""
+
+    def _live_receivers(self, sender: Any) -> Any:
+        found: Any = super()._live_receivers(sender)
+        if django.VERSION < (5, 0):
+            return [traced(receiver) for receiver in found]
+        sync_receivers, async_receivers = found
+        return [traced(r) for r in sync_receivers], [traced(r) for r in async_receivers]
+
+
+def traced(receiver: Callable[..., Any]) -> Callable[..., Any]:
+    if iscoroutinefunction(receiver):
+
+        @functools.wraps(receiver)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await receiver(*args, **kwargs)
+
+        return async_wrapper
+
+    @functools.wraps(receiver)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return receiver(*args, **kwargs)
+
+    return wrapper
+
+
+@pytest.mark.parametrize("traced_signal", [False, True], ids=["plain", "traced"])
+@pytest.mark.parametrize("method", METHODS)
+def test_receivers_stay_called_after_another_receiver_disconnected_itself_mid_dispatch(
+    run: Runner, method: str, traced_signal: bool
+) -> None:
+    signal = TracedSignal() if traced_signal else StructuredSignal()
+    handler = Handler()
+
+    def one_shot(**kwargs: Any) -> None:
+        signal.disconnect(one_shot)
+
+    signal.connect(one_shot)
+    # Weak, as Django connects by default: a WeakMethod gives a new bound method each time.
+    signal.connect(handler.on_sync)
+    signal.connect(handler.on_async)
+    dispatch_and_read(run, signal, method, lambda: None)
+    assert handler.calls == ["sync", "async"]
+
+
+class SenderA:
+    pass
+
+
+class SenderB:
+    pass
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("other", ["another sender", "another dispatch_uid"])
+@pytest.mark.parametrize("method", METHODS)
+def test_a_receiver_disconnected_for_the_sender_mid_dispatch_stops_though_connected_otherwise(
+    run: Runner, method: str, other: str, kind: str
+) -> None:
+    signal = StructuredSignal()
+    called: list[str] = []
+
+    def victim(**kwargs: Any) -> None:
+        called.append("victim")
+
+    async def async_victim(**kwargs: Any) -> None:
+        called.append("victim")
+
+    target = victim if kind == "sync" else async_victim
+
+    def disconnects(**kwargs: Any) -> None:
+        signal.disconnect(target, sender=SenderA, dispatch_uid="first")
+
+    signal.connect(disconnects, sender=SenderA)
+    signal.connect(target, sender=SenderA, dispatch_uid="first")
+    if other == "another sender":
+        signal.connect(target, sender=SenderB, dispatch_uid="second")
+        expected: list[str] = []
+    else:
+        # Django calls a receiver connected twice for the sender twice: once
+        # is left after one of the two connections went.
+        signal.connect(target, sender=SenderA, dispatch_uid="second")
+        expected = ["victim"]
+
+    if method.startswith("a"):
+
+        async def caller() -> None:
+            await getattr(signal, method)(sender=SenderA)
+
+        run(caller())
+    else:
+        in_plain_thread(lambda: getattr(signal, method)(sender=SenderA))
+    assert called == expected
+
+
+class Causes:
+    """An exception raised the way a receiver may: from a cause, while handling another."""
+
+    def __init__(self) -> None:
+        self.cause = LookupError("cause")
+        self.context = KeyError("context")
+        self.raised: list[BaseException] = []
+
+    def raise_it(self) -> None:
+        try:
+            raise self.context
+        except KeyError:
+            error = ValueError("effect")
+            self.raised.append(error)
+            raise error from self.cause
+
+    def receivers(self, kind: str) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        def failing(**kwargs: Any) -> None:
+            self.raise_it()
+
+        async def async_failing(**kwargs: Any) -> None:
+            await asyncio.sleep(0)
+            self.raise_it()
+
+        async def sibling(**kwargs: Any) -> None:
+            await asyncio.sleep(0)
+
+        return (failing if kind == "sync" else async_failing), sibling
+
+
+def raised_by(signal: dispatch.Signal, method: str, run: Runner) -> BaseException:
+    async def async_caller() -> None:
+        await getattr(signal, method)(sender=None)
+
+    def call() -> None:
+        if method == "asend":
+            run(async_caller())
+        else:
+            in_plain_thread(lambda: signal.send(sender=None))
+
+    with pytest.raises(ValueError, match="effect") as raised:
+        call()
+    return raised.value
+
+
+@pytest.mark.parametrize("setup", ["alone", "beside a sibling", "with a timeout"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("method", ["send", "asend"])
+def test_a_receivers_exception_reaches_the_caller_with_its_own_cause_context_and_traceback(
+    run: Runner, method: str, kind: str, setup: str
+) -> None:
+    causes = Causes()
+    failing, sibling = causes.receivers(kind)
+    signal = StructuredSignal(timeout=5.0 if setup == "with a timeout" else None)
+    signal.connect(failing)
+    if setup == "beside a sibling":
+        signal.connect(sibling)
+
+    error = raised_by(signal, method, run)
+    assert error is causes.raised[-1]
+    assert error.__cause__ is causes.cause
+    assert error.__context__ is causes.context
+    assert error.__suppress_context__ is True
+    frames = [frame.name for frame in traceback.extract_tb(error.__traceback__)]
+    assert failing.__name__ in frames
+    assert "raise_it" in frames
+
+    if django.VERSION < (5, 0) or kind == "sync" or setup == "with a timeout":
+        return  # stock Django: no async receivers before 5.0, no timeout
+    # Stock Django keeps the cause too; 6.1 (TaskGroup) replaces the context
+    # with its ExceptionGroup, 5.2 (gather) keeps it, as we do.
+    stock = dispatch.Signal()
+    stock.connect(failing)
+    if setup == "beside a sibling":
+        stock.connect(sibling)
+    stock_error = raised_by(stock, method, run)
+    assert stock_error.__cause__ is causes.cause
+    assert stock_error.__suppress_context__ is True
+    if django.VERSION >= (6, 1):
+        assert isinstance(stock_error.__context__, BaseExceptionGroup)
+    else:
+        assert stock_error.__context__ is causes.context

@@ -6,10 +6,16 @@ import asyncio
 import contextvars
 import io
 import json
+import os
+import socket
 import sys
+import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import django
+import httpx
+import uvicorn
 
 django.setup()
 
@@ -22,6 +28,7 @@ from django.dispatch import Signal  # noqa: E402
 from django.utils.functional import empty  # noqa: E402
 
 from shop.models import Order, order_paid  # noqa: E402
+from shop.views import count_orders  # noqa: E402
 from structured_signals import StructuredSignal  # noqa: E402
 
 if TYPE_CHECKING:
@@ -44,6 +51,30 @@ def asave() -> dict[str, Any]:
         return last_saved.get(None)
 
     return {"last_saved": asyncio.run(view()), "rows": Order.objects.count()}
+
+
+def sync_view_save(loop: str) -> dict[str, Any]:
+    """Under uvicorn on `loop`: a sync view saves, an async post_save receiver uses the ORM."""
+    call_command("migrate", run_syncdb=True, verbosity=0)
+    model_signals.post_save.connect(count_orders, sender="shop.Order")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(
+        "shop.asgi:application", host="127.0.0.1", port=port, loop=loop, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/save/", timeout=20)
+    except httpx.TimeoutException:
+        return {"status": "no answer in 20 s"}
+    finally:
+        server.should_exit = True
+    return {"status": response.status_code, **response.json()}
 
 
 def signals() -> dict[str, Any]:
@@ -80,12 +111,15 @@ def storage() -> dict[str, Any]:
     return {"default_storage_built": vars(default_storage)["_wrapped"] is not empty}
 
 
-SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
+SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "asave": asave,
+    "sync_view_save": sync_view_save,
     "signals": signals,
     "check": check,
     "storage": storage,
 }
 
 if __name__ == "__main__":
-    print(json.dumps(SCENARIOS[sys.argv[1]]()))
+    print(json.dumps(SCENARIOS[sys.argv[1]](*sys.argv[2:])), flush=True)
+    # Not a normal exit: a thread a scenario left hanging would keep the process alive.
+    os._exit(0)
