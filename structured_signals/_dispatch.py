@@ -15,10 +15,9 @@ import contextvars
 import inspect
 import logging
 import threading
-import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from asgiref.sync import async_to_sync, sync_to_async
 
@@ -33,6 +32,7 @@ from structured_signals._compat import (
     timeout_at,
 )
 from structured_signals._context import Writer, merge_into_current
+from structured_signals._journal import Journal, coroutine_of, first_step, in_context, steps_after
 
 if TYPE_CHECKING:
     from structured_signals._signal import StructuredSignal
@@ -42,7 +42,6 @@ __all__ = ("Dispatch", "Responses", "describe", "runs_alone", "send_to_one")
 Receiver = Callable[..., Any]
 Responses = list[tuple[Receiver, Any]]
 ContextMode = Literal["shared", "isolated"]
-_T = TypeVar("_T")
 
 logger = logging.getLogger("django.dispatch")
 
@@ -159,7 +158,7 @@ class Dispatch:
     async def run_sync_in_thread(self, receivers: list[Receiver]) -> None:
         """Run sync receivers in one sync_to_async(thread_sensitive=True) call."""
         hop = sync_to_async(self.run_sync, thread_sensitive=True)
-        await _in_context(asgiref_carrier(), hop(receivers))
+        await in_context(asgiref_carrier(), hop(receivers))
         self.sync_ran_elsewhere = True
 
     async def run_async(self, receivers: list[Receiver]) -> None:
@@ -173,11 +172,15 @@ class Dispatch:
         if len(receivers) == 1 and _can_run_alone(self.signal):
             await self._run_alone(receivers[0], start)
             return
+        journal = None
         if self.isolated:
             contexts = [start.copy() for _ in receivers]
         else:
+            # What reaches the caller from a shared context is computed from
+            # what each receiver wrote in it, step by step (SPEC 3.2).
             shared = start.copy()
             contexts = [shared] * len(receivers)
+            journal = Journal(len(receivers))
         outcomes: list[Any] = [None] * len(receivers)
         failed = [False] * len(receivers)
         skipped = [False] * len(receivers)
@@ -205,11 +208,15 @@ class Dispatch:
                 skipped[index] = True
                 return
             try:
+                if journal is None:
+                    awaitable = receiver(signal=signal, sender=sender, **named)
+                else:
+                    awaitable = journal.run(index, receiver, signal=signal, sender=sender, **named)
                 if each_deadline is None:
-                    outcomes[index] = await receiver(signal=signal, sender=sender, **named)
+                    outcomes[index] = await awaitable
                 else:
                     async with timeout_at(each_deadline):
-                        outcomes[index] = await receiver(signal=signal, sender=sender, **named)
+                        outcomes[index] = await awaitable
             except BaseException as err:
                 if _answers(self.robust, receiver, err):
                     outcomes[index] = err
@@ -244,6 +251,12 @@ class Dispatch:
             if len(errors) == 1:
                 raise errors[0] from None
             raise BaseExceptionGroup("errors raised by receivers", errors) from None
+        if journal is not None:
+            # A robust dispatch's failed receivers too: they wrote in the shared context.
+            for index, changed in journal.writes():
+                self.async_writers.append(
+                    Writer(partial(describe, receivers[index]), shared, changed)
+                )
         if any(skipped):
             kept = [index for index, skip in enumerate(skipped) if not skip]
             receivers = [receivers[index] for index in kept]
@@ -251,8 +264,7 @@ class Dispatch:
             contexts = [contexts[index] for index in kept]
             failed = [failed[index] for index in kept]
         self.responses.extend(zip(receivers, outcomes))
-        if not self.isolated:
-            self._keep_writer(partial(_shared_name, *receivers), shared)
+        if journal is not None:
             return
         for receiver, context, lost in zip(receivers, contexts, failed):
             if not lost:
@@ -370,11 +382,11 @@ async def _await_alone(
     cancelling = task.cancelling() if task is not None else 0
     try:
         # Called in its context too: a marked sync callable runs code when called.
-        coroutine = _coroutine_of(context.run(receiver, signal=signal, sender=sender, **named))
-        finished, value = _first_step(context, coroutine)
+        coroutine = coroutine_of(context.run(receiver, signal=signal, sender=sender, **named))
+        finished, value = first_step(context, coroutine)
         # One that finishes at once costs no generator to step it.
         if not finished:
-            value = await _steps_after(context, coroutine, value)
+            value = await steps_after(context, coroutine, value)
         outcome = (value, False)
     except BaseException as err:
         if not _answers(robust, receiver, err, cancelling=cancelling):
@@ -445,57 +457,3 @@ def _awaitable_from_sync_receiver(receiver: Receiver, response: Any) -> TypeErro
         f"{type(response).__name__}, an awaitable the signal would never await. "
         "Define it with 'async def', or mark it with asgiref.sync.markcoroutinefunction()."
     )
-
-
-async def _awaited(awaitable: Awaitable[_T]) -> _T:
-    return await awaitable
-
-
-def _coroutine_of(awaitable: Awaitable[_T]) -> Coroutine[Any, Any, _T]:
-    return awaitable if isinstance(awaitable, types.CoroutineType) else _awaited(awaitable)
-
-
-def _first_step(
-    context: contextvars.Context, coroutine: Coroutine[Any, Any, Any]
-) -> tuple[bool, Any]:
-    """Run `coroutine` up to its first suspension in `context`: (finished, result or yield)."""
-    try:
-        return False, context.run(coroutine.send, None)
-    except StopIteration as stop:
-        return True, stop.value
-
-
-@types.coroutine
-def _in_context(context: contextvars.Context, awaitable: Awaitable[_T]) -> Generator[Any, Any, _T]:
-    """Await `awaitable` with every step of it run inside `context`.
-
-    A task would do the same, but costs a task and, below Python 3.11, cannot
-    be given a context. (Generators, not a class: the cheapest awaitables.)
-    """
-    coroutine = _coroutine_of(awaitable)
-    finished, value = _first_step(context, coroutine)
-    if finished:
-        result: _T = value
-        return result
-    return (yield from _steps_after(context, coroutine, value))
-
-
-@types.coroutine
-def _steps_after(
-    context: contextvars.Context, coroutine: Coroutine[Any, Any, _T], yielded: Any
-) -> Generator[Any, Any, _T]:
-    """Go on stepping `coroutine` inside `context`, from its yield of `yielded`."""
-    run = context.run
-    while True:
-        try:
-            message, step = (yield yielded), coroutine.send
-        except GeneratorExit:
-            run(coroutine.close)
-            raise
-        except BaseException as thrown:  # noqa: BLE001 -- handed on to the coroutine
-            message, step = thrown, coroutine.throw
-        try:
-            yielded = run(step, message)
-        except StopIteration as stop:
-            result: _T = stop.value
-            return result
