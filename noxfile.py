@@ -34,6 +34,9 @@ TEST_REQUIREMENTS = [
     "uvloop>=0.19",
     "uvicorn>=0.30",
     "httpx>=0.27",
+    # Libraries whose context managers the shared-mode journal is tested with.
+    "opentelemetry-sdk>=1.20",
+    "sentry-sdk>=2.0",
 ]
 
 
