@@ -78,6 +78,7 @@ __all__ = (
     "live_receivers",
     "local_attributes",
     "local_storage",
+    "mapping_of",
     "rehomed",
     "run_get_response",
     "script_prefix",
@@ -134,8 +135,24 @@ def shares_values(before: contextvars.Context, after: contextvars.Context) -> bo
     changed": look. (gc.get_referents shows a Context's mapping, plus its
     parent while it is entered: then this answers False.)
     """
-    before_parts, after_parts = gc.get_referents(before), gc.get_referents(after)
-    return len(before_parts) == len(after_parts) == 1 and before_parts[0] is after_parts[0]
+    # One call for both: each Context shows at least its mapping, so two
+    # parts are one each.
+    parts = gc.get_referents(before, after)
+    return len(parts) == 2 and parts[0] is parts[1]
+
+
+def mapping_of(context: contextvars.Context) -> object:
+    """What `context` holds now, as an object that changes when it is written.
+
+    CPython's immutable mapping (a HAMT), entered or not: setting a variable
+    replaces it, so that an unwritten context is recognised in O(1) without
+    a copy. Another Python gets a new object each time: "maybe changed".
+    """
+    parts = gc.get_referents(context)
+    # Entered, a Context shows the one it was entered from too, first.
+    if parts and type(parts[-1]) is _HAMT:
+        return parts[-1]
+    return object()
 
 
 # The node types of CPython's HAMT (Python/hamt.c), the immutable mapping of a
@@ -362,6 +379,7 @@ def _set_values(values: list[tuple[contextvars.ContextVar[Any], Any]]) -> None:
 
 
 _ARRAY_NODE = _array_node_type()
+_HAMT = type(gc.get_referents(contextvars.Context())[0])
 
 
 # Django's ASGIHandler is imported lazily: importing it creates Django's

@@ -180,7 +180,7 @@ class Dispatch:
             # what each receiver wrote in it, step by step (SPEC 3.2).
             shared = start.copy()
             contexts = [shared] * len(receivers)
-            journal = Journal(len(receivers))
+            journal = Journal(shared)
         outcomes: list[Any] = [None] * len(receivers)
         failed = [False] * len(receivers)
         skipped = [False] * len(receivers)
@@ -208,15 +208,11 @@ class Dispatch:
                 skipped[index] = True
                 return
             try:
-                if journal is None:
-                    awaitable = receiver(signal=signal, sender=sender, **named)
-                else:
-                    awaitable = journal.run(index, receiver, signal=signal, sender=sender, **named)
                 if each_deadline is None:
-                    outcomes[index] = await awaitable
+                    outcomes[index] = await receiver(signal=signal, sender=sender, **named)
                 else:
                     async with timeout_at(each_deadline):
-                        outcomes[index] = await awaitable
+                        outcomes[index] = await receiver(signal=signal, sender=sender, **named)
             except BaseException as err:
                 if _answers(self.robust, receiver, err):
                     outcomes[index] = err
@@ -235,7 +231,10 @@ class Dispatch:
             async with EagerTaskGroup() as group:
                 create_task = group.create_task
                 for index, receiver in enumerate(receivers):
-                    create_task(call(index, receiver), context=contexts[index])
+                    coroutine = call(index, receiver)
+                    if journal is not None:
+                        coroutine = journal.stepped(index, coroutine)
+                    create_task(coroutine, context=contexts[index])
                 populating = False
 
         try:

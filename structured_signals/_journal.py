@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import contextvars
 import types
+from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from structured_signals._compat import shares_values
+from structured_signals._compat import mapping_of
 from structured_signals._context import changes, read
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterator
+    from collections.abc import Awaitable
 
     from structured_signals._context import Key
 
@@ -91,9 +92,10 @@ class _Run:
     __slots__ = ("after", "before", "first", "last")
 
     def __init__(self, step: int, before: object, after: object) -> None:
-        # Invariant: `first` and `last` are the dispatch's numbers of the
-        # receiver's first and last step that wrote the key; `before` is the
-        # key's value just before the first, `after` the value the last left.
+        # Invariant: `first` and `last` number the receiver's first and last
+        # step that wrote the key, in the order the dispatch's steps ran;
+        # `before` is the key's value just before the first, `after` the
+        # value the last left.
         self.first = self.last = step
         self.before = before
         self.after = after
@@ -102,87 +104,42 @@ class _Run:
 class Journal:
     """The write journal of one shared-mode dispatch (SPEC 3.2).
 
-    Each receiver is awaited through `run()` in its own task, whose context
-    is the one context all receivers share; every step of it that changed a
-    key (a ContextVar, a Local attribute) there is noted with the key's value
-    before and after. A receiver's net effect on a key is the value of its
+    Each receiver's task runs its coroutine through `stepped()`, in the one
+    context all receivers share; every step of it that changed that context
+    is noted, with copies of the context before and after it. A receiver's
+    net effect on a key (a ContextVar, a Local attribute) is the value of its
     last write, unless that puts back (by identity) the value the key held
     just before the receiver's first write to it: the context-manager
     pattern, which has none. `writes()` turns the net effects into what each
     receiver hands the merge.
     """
 
-    __slots__ = ("_runs", "_steps")
+    __slots__ = ("_last", "_mapping", "_shared", "_steps")
 
-    def __init__(self, receivers: int) -> None:
-        # Invariant: the number of steps, of any receiver, that changed a key
-        # so far: numbering them orders every write of the dispatch.
-        self._steps = 0
-        # Invariant: by receiver index, each key it wrote; None until it writes.
-        self._runs: list[dict[Key, _Run] | None] = [None] * receivers
+    def __init__(self, shared: contextvars.Context) -> None:
+        # Invariant: only the receivers' tasks ever enter `shared`, and every
+        # step they take ends in `_Stepped`'s check: so the context a step begins in is
+        # the one the previous step (of any receiver) ended in, `_last` (a
+        # copy, never entered), whose mapping is `_mapping`.
+        self._shared = shared
+        self._last = shared.copy()
+        self._mapping = mapping_of(self._last)
+        # Invariant: every step that changed the shared context, in the order
+        # they ran: (receiver index, copy before, copy after). What each
+        # changed is read only at the end, and only where needed.
+        self._steps: list[tuple[int, contextvars.Context, contextvars.Context]] = []
 
-    @types.coroutine
-    def run(
-        self, index: int, function: Callable[..., Awaitable[_T]], /, **kwargs: Any
-    ) -> Generator[Any, Any, _T]:
-        """Await `function(**kwargs)`, noting each step's writes as receiver `index`'s.
+    def stepped(self, index: int, coroutine: Coroutine[Any, Any, _T]) -> _Stepped[_T]:
+        """`coroutine`, for receiver `index`'s task to run: its steps are noted here."""
+        return _Stepped(self, index, coroutine)
 
-        Must run in the receiver's own task, in the shared context: the
-        coroutine is stepped in whatever context is current, as its task
-        would step it, so that its task, cancellation, timeouts and errors
-        are those of the task (SPEC 3.8). The call is part of the first step:
-        a marked sync callable writes when called.
-        """
-        before = contextvars.copy_context()
-        try:
-            coroutine = coroutine_of(function(**kwargs))
-            yielded = coroutine.send(None)
-        except StopIteration as stop:
-            result: _T = stop.value
-            return result
-        finally:
-            self._note(index, before)
-        while True:
-            try:
-                message, step = (yield yielded), coroutine.send
-            except GeneratorExit:
-                coroutine.close()
-                raise
-            except BaseException as thrown:  # noqa: BLE001 -- handed on to the coroutine
-                message, step = thrown, coroutine.throw
-            before = contextvars.copy_context()
-            try:
-                yielded = step(message)
-            except StopIteration as stop:
-                result = stop.value
-                return result
-            finally:
-                self._note(index, before)
-
-    def _note(self, index: int, before: contextvars.Context) -> None:
-        """Note what the step that began in `before` changed, as receiver `index`'s."""
+    def _note(self, index: int, mapping: object) -> None:
+        """Note that the step of receiver `index` that just ended wrote: it left `mapping`."""
         after = contextvars.copy_context()
-        # Both are copies, never entered: a step that wrote nothing is
-        # recognised in O(1) and costs no diff.
-        if shares_values(before, after):
-            return
-        changed = changes(before, after)
-        if not changed:
-            return  # set and put back within the step
-        self._steps += 1
-        step = self._steps
-        runs = self._runs[index]
-        if runs is None:
-            runs = self._runs[index] = {}
-        for key, value in changed.items():
-            run = runs.get(key)
-            if run is None:
-                runs[key] = _Run(step, read(before, key), value)
-            else:
-                run.last = step
-                run.after = value
+        self._steps.append((index, self._last, after))
+        self._last, self._mapping = after, mapping
 
-    def writes(self) -> Iterator[tuple[int, dict[Key, object]]]:
+    def writes(self) -> list[tuple[int, dict[Key, object]]]:
         """(receiver index, what it hands the merge), in connection order.
 
         Keys no receiver has a net effect on are in nobody's; a key with one
@@ -192,19 +149,42 @@ class Journal:
         give 3, as in Django 6.1), and in every one's when their writes
         interleaved, for the merge to settle as a conflict (SPEC 4).
         """
+        steps = self._steps
+        if not steps:
+            return []
+        writers = {index for index, _, _ in steps}
+        if len(writers) == 1:
+            # One writer: each key's value before its first write is the one
+            # before the dispatch, so its net effects are one diff.
+            changed = changes(steps[0][1], steps[-1][2])
+            return [(writers.pop(), changed)] if changed else []
         net_writers: dict[Key, list[tuple[int, _Run]]] = {}
-        for index, runs in enumerate(self._runs):
-            for key, run in (runs or {}).items():
+        for index, runs in sorted(_runs(steps).items()):
+            for key, run in runs.items():
                 if run.after is not run.before:
                     net_writers.setdefault(key, []).append((index, run))
-        written: list[dict[Key, object] | None] = [None] * len(self._runs)
-        for key, writers in net_writers.items():
-            for index, run in _settled(writers):
-                kept = written[index]
-                if kept is None:
-                    kept = written[index] = {}
-                kept[key] = run.after
-        return ((index, kept) for index, kept in enumerate(written) if kept)
+        written: dict[int, dict[Key, object]] = {}
+        for key, net in net_writers.items():
+            for index, run in _settled(net):
+                written.setdefault(index, {})[key] = run.after
+        return sorted(written.items())
+
+
+def _runs(
+    steps: list[tuple[int, contextvars.Context, contextvars.Context]],
+) -> dict[int, dict[Key, _Run]]:
+    """By receiver index, each key it changed, from the steps that wrote."""
+    runs: dict[int, dict[Key, _Run]] = {}
+    for number, (index, before, after) in enumerate(steps):
+        written = runs.setdefault(index, {})
+        for key, value in changes(before, after).items():
+            run = written.get(key)
+            if run is None:
+                written[key] = _Run(number, read(before, key), value)
+            else:
+                run.last = number
+                run.after = value
+    return runs
 
 
 def _settled(writers: list[tuple[int, _Run]]) -> list[tuple[int, _Run]]:
@@ -219,3 +199,52 @@ def _settled(writers: list[tuple[int, _Run]]) -> list[tuple[int, _Run]]:
     if all(earlier.last < later.first for (_, earlier), (_, later) in zip(in_time, in_time[1:])):
         return in_time[-1:]
     return writers
+
+
+class _Stepped(Coroutine[Any, Any, _T]):
+    """A coroutine whose every step is noted in a journal as one receiver's.
+
+    What the receiver's task runs, in the shared context: the task steps it
+    as it would the coroutine itself (send, throw), so that the receiver
+    keeps its task, cancellation, timeouts and errors (SPEC 3.8). (A class
+    the task calls, not a generator around the coroutine: no frame more to
+    resume per step.)
+    """
+
+    __slots__ = ("_coroutine", "_index", "_journal")
+
+    # A step that wrote nothing is recognised in O(1), with no copy and no
+    # diff; a step that wrote is noted with a copy (inline: this runs once
+    # per step of every shared-mode receiver).
+
+    def __init__(self, journal: Journal, index: int, coroutine: Coroutine[Any, Any, _T]) -> None:
+        self._journal = journal
+        self._index = index
+        self._coroutine = coroutine
+
+    def send(self, value: Any) -> Any:
+        try:
+            return self._coroutine.send(value)
+        finally:
+            journal = self._journal
+            mapping = mapping_of(journal._shared)
+            if mapping is not journal._mapping:
+                journal._note(self._index, mapping)
+
+    def throw(self, error: Any, value: Any = None, traceback: Any = None) -> Any:
+        try:
+            if value is None and traceback is None:
+                return self._coroutine.throw(error)
+            return self._coroutine.throw(error, value, traceback)
+        finally:
+            journal = self._journal
+            mapping = mapping_of(journal._shared)
+            if mapping is not journal._mapping:
+                journal._note(self._index, mapping)
+
+    def close(self) -> None:
+        self._coroutine.close()
+
+    def __await__(self) -> Generator[Any, Any, _T]:
+        # No __next__: a task then calls send() itself, not through it.
+        raise TypeError("a receiver's journaled coroutine is run by its task, never awaited")

@@ -18,6 +18,7 @@ from structured_signals._compat import (
     live_receivers,
     local_attributes,
     local_storage,
+    mapping_of,
     rehomed,
     shares_values,
     unshared_items,
@@ -180,3 +181,19 @@ def test_shares_values_recognises_an_unwritten_copy_and_nothing_else() -> None:
     copy.run(POOL[5].set, VALUES[0])  # the same value: still a write
     assert not shares_values(before, copy)
     assert not shares_values(before, context_holding(dict.fromkeys(range(100), 0)))
+
+
+def test_mapping_of_a_context_changes_when_it_is_written_entered_or_not() -> None:
+    context = context_holding(dict.fromkeys(range(10), 0))
+    before = mapping_of(context)
+
+    def inside() -> tuple[bool, bool]:
+        unwritten = mapping_of(context) is before
+        POOL[2].set(VALUES[1])
+        return unwritten, mapping_of(context) is before
+
+    outer = contextvars.Context()
+    # Entered from another entered context, as a task's step is.
+    assert outer.run(context.run, inside) == (True, False)
+    assert mapping_of(context) is not before
+    assert mapping_of(context) is mapping_of(context)
