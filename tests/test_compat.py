@@ -107,7 +107,8 @@ def test_asgiref_variables_include_the_thread_selecting_ones() -> None:
 
 
 POOL = [contextvars.ContextVar[object](f"pool{i}") for i in range(1500)]
-VALUES = [object() for _ in range(8)]
+# A ContextVar among the values: a node lists values beside their keys.
+VALUES = [*(object() for _ in range(7)), contextvars.ContextVar[object]("a value")]
 UNSET = object()
 
 
