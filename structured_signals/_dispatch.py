@@ -2,9 +2,10 @@
 
 Sync receivers run first, one after another, each in a copy of the previous
 one's context; async receivers then run together in a TaskGroup, in one
-shared copy of that context or in one copy each. Nothing is written into the
+shared copy of that context (each step of each receiver noted in a write
+journal, `_journal.Journal`) or in one copy each. Nothing is written into the
 caller's context until every receiver has finished; then the receivers'
-changes are merged in (`_context.merge`). A dispatch that raises merges
+changes (shared: their net effects) are merged in (`_context.merge`). A dispatch that raises merges
 nothing (#36714 is the bug of the other direction: losing everything).
 """
 
