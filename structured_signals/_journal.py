@@ -118,9 +118,9 @@ class Journal:
 
     def __init__(self, shared: contextvars.Context) -> None:
         # Invariant: only the receivers' tasks ever enter `shared`, and every
-        # step they take ends in `_Stepped`'s check: so the context a step begins in is
-        # the one the previous step (of any receiver) ended in, `_last` (a
-        # copy, never entered), whose mapping is `_mapping`.
+        # step they take ends in `_Stepped`'s check: so the context a step
+        # begins in is the one the previous step (of any receiver) ended in,
+        # `_last` (a copy, never entered), whose mapping is `_mapping`.
         self._shared = shared
         self._last = shared.copy()
         self._mapping = mapping_of(self._last)
