@@ -46,6 +46,9 @@ TEST_REQUIREMENTS = [
     "uvloop>=0.19",
     "uvicorn>=0.30",
     "httpx>=0.27",
+    # Libraries whose context managers the shared-mode journal is tested with.
+    "opentelemetry-sdk>=1.20",
+    "sentry-sdk>=2.0",
 ]
 # The packages projects run beside us (README, "Works with"); the toolbar's
 # other major version is installed for a second run of its tests.

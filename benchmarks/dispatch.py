@@ -43,6 +43,12 @@ RECEIVER_COUNTS = (0, 1, 10, 100, 1000)
 BEHAVIOURS = ("returns at once", "suspends once")
 CALLER_VARIABLES = (0, 50, 1000)
 WRITES = ("none", "one each")
+# Extra rows: every receiver sets one variable and restores it around an
+# await (translation.override, a tracing span), the shared-mode journal's case.
+RESTORES = "sets, restores"
+RESTORING_CELLS = tuple(
+    (receivers, variables) for receivers in (10, 100) for variables in (0, 1000)
+)
 BATCH_SECONDS = 0.002
 
 Receiver = Callable[..., Awaitable[None]]
@@ -54,6 +60,7 @@ RECEIVER_VARIABLES = [
 CALLER_VARIABLE_POOL = [
     contextvars.ContextVar[int](f"caller_{i}") for i in range(max(CALLER_VARIABLES))
 ]
+RESTORED = contextvars.ContextVar[int]("restored")
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,9 @@ class Cell:
 
 
 def make_receivers(cell: Cell) -> list[Receiver]:
+    if cell.writes == RESTORES:
+        return [restoring() for _ in range(cell.receivers)]
+
     def make(index: int) -> Receiver:
         variable = RECEIVER_VARIABLES[index]
         write = cell.writes == "one each"
@@ -79,6 +89,15 @@ def make_receivers(cell: Cell) -> list[Receiver]:
         return receiver
 
     return [make(index) for index in range(cell.receivers)]
+
+
+def restoring() -> Receiver:
+    async def receiver(**kwargs: Any) -> None:
+        token = RESTORED.set(1)
+        await asyncio.sleep(0)
+        RESTORED.reset(token)
+
+    return receiver
 
 
 def dispatchers(receivers: list[Receiver]) -> dict[str, Dispatcher]:
@@ -163,7 +182,11 @@ def run_cell(cell: Cell, rounds: int) -> dict[str, float]:
 def grid(quick: bool) -> list[Cell]:
     counts = (0, 1, 10, 100) if quick else RECEIVER_COUNTS
     return [
-        Cell(*values) for values in itertools.product(counts, BEHAVIOURS, CALLER_VARIABLES, WRITES)
+        *(
+            Cell(*values)
+            for values in itertools.product(counts, BEHAVIOURS, CALLER_VARIABLES, WRITES)
+        ),
+        *(Cell(n, "suspends once", variables, RESTORES) for n, variables in RESTORING_CELLS),
     ]
 
 

@@ -20,6 +20,7 @@ import httpx
 from demo_project.serve import uvicorn
 from django.conf import settings
 from django.dispatch import Signal
+from django.utils import translation
 
 from structured_signals import StructuredSignal
 
@@ -31,6 +32,7 @@ django.setup()
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
 user: contextvars.ContextVar[str] = contextvars.ContextVar("user")
+span: contextvars.ContextVar[str] = contextvars.ContextVar("span", default="request")
 
 
 async def set_request_id(**kwargs: Any) -> None:
@@ -124,6 +126,32 @@ def nested_dispatch_and_a_siblings_write(signal_class: type[Signal]) -> str:
     return asyncio.run(view())
 
 
+def translating(language: str) -> Callable[..., Any]:
+    """A receiver that renders in `language` inside a span, around an await."""
+
+    async def receiver(**kwargs: Any) -> None:
+        with translation.override(language):
+            token = span.set(f"receiver-{language}")
+            await asyncio.sleep(0)
+            span.reset(token)
+
+    return receiver
+
+
+def overrides_around_an_await(signal_class: type[Signal]) -> str:
+    signal = signal_class()
+    receivers = [translating("de"), translating("fr")]
+    for receiver in receivers:
+        signal.connect(receiver)
+
+    async def view() -> str:
+        translation.activate("en")
+        await signal.asend(sender=None)
+        return f"{translation.get_language()}, {span.get()}"
+
+    return asyncio.run(view())
+
+
 SCENARIOS: list[tuple[str, Callable[[type[Signal]], str]]] = [
     ("await signal.asend(): async receiver sets request_id", async_receiver_via_asend),
     ("signal.send() from sync code: async receiver", async_receiver_via_send),
@@ -132,6 +160,10 @@ SCENARIOS: list[tuple[str, Callable[[type[Signal]], str]]] = [
     (
         "sibling writes user while a receiver's nested asend() runs",
         nested_dispatch_and_a_siblings_write,
+    ),
+    (
+        "two receivers: translation.override() and a span around an await",
+        overrides_around_an_await,
     ),
 ]
 

@@ -12,6 +12,8 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Coroutine, Mapping
+from itertools import compress, count
+from operator import is_not
 from typing import TYPE_CHECKING, Any
 
 import django
@@ -149,6 +151,7 @@ __all__ = (
     "live_receivers",
     "local_attributes",
     "local_storage",
+    "mapping_of",
     "rehomed",
     "run_get_response",
     "script_prefix",
@@ -188,17 +191,33 @@ def shares_values(before: contextvars.Context, after: contextvars.Context) -> bo
     changed": look. (gc.get_referents shows a Context's mapping, plus its
     parent while it is entered: then this answers False.)
     """
-    before_parts, after_parts = gc.get_referents(before), gc.get_referents(after)
-    return len(before_parts) == len(after_parts) == 1 and before_parts[0] is after_parts[0]
+    # One call for both: each Context shows at least its mapping, so two
+    # parts are one each.
+    parts = gc.get_referents(before, after)
+    return len(parts) == 2 and parts[0] is parts[1]
+
+
+def mapping_of(context: contextvars.Context) -> object:
+    """What `context` holds now, as an object that changes when it is written.
+
+    CPython's immutable mapping (a HAMT), entered or not: setting a variable
+    replaces it, so that an unwritten context is recognised in O(1) without
+    a copy. Another Python gets a new object each time: "maybe changed".
+    """
+    parts = gc.get_referents(context)
+    # Entered, a Context shows the one it was entered from too, first.
+    if parts and type(parts[-1]) is _HAMT:
+        return parts[-1]
+    return object()
 
 
 # The node types of CPython's HAMT (Python/hamt.c), the immutable mapping of a
 # Context, by name: they are not exposed anywhere else.
 _HAMT_NODES = frozenset({"hamt_bitmap_node", "hamt_array_node", "hamt_collision_node"})
 Items = dict[contextvars.ContextVar[Any], Any]
-# Measured: below about this many variables, comparing every value is faster
-# than walking the nodes.
-_READ_WHOLE_UP_TO = 64
+# Measured (Python 3.12, reading only the slots that differ): below about this
+# many variables, comparing every value is faster than walking the nodes.
+_READ_WHOLE_UP_TO = 32
 
 
 class _Unreadable(Exception):
@@ -251,7 +270,7 @@ def _collect_unshared(before: object, after: object, old: Items, new: Items) -> 
     in both trees, so its variables have one value in both; every other
     variable of either tree is added, with its value there.
     """
-    if before is after:
+    if before is after or _collect_changed_slots(before, after, old, new):
         return
     before_items, before_nodes = _node_entries(before)
     after_items, after_nodes = _node_entries(after)
@@ -275,6 +294,49 @@ def _collect_unshared(before: object, after: object, old: Items, new: Items) -> 
         _collect_unshared(before_node, after_node, old, new)
     for node, items in unpaired:
         _collect_all(node, items)
+
+
+def _collect_changed_slots(before: object, after: object, old: Items, new: Items) -> bool:
+    """`_collect_unshared` for two nodes of one shape, reading only the slots that differ.
+
+    A write that replaced a value or a child leaves every other slot the
+    same object: the differing slots are found without a Python loop over
+    the node (each step of a shared-mode receiver that wrote is diffed so).
+    False, having added nothing, when the nodes differ in shape.
+    """
+    if type(before) is not type(after):
+        return False
+    before_entries, after_entries = gc.get_referents(before), gc.get_referents(after)
+    if len(before_entries) != len(after_entries):
+        return False
+    values: list[tuple[contextvars.ContextVar[Any], object, object]] = []
+    children: list[tuple[object, object]] = []
+    last = len(after_entries) - 1
+    for position in compress(count(), map(is_not, before_entries, after_entries)):
+        old_entry, new_entry = before_entries[position], after_entries[position]
+        old_is_node = type(old_entry).__name__ in _HAMT_NODES
+        if old_is_node and type(new_entry).__name__ in _HAMT_NODES:
+            children.append((old_entry, new_entry))
+            continue
+        # A value comes just before its key (see _node_entries); a key is
+        # always a ContextVar, so an entry that is not one is a value.
+        key = after_entries[position + 1] if position < last else None
+        if (
+            old_is_node
+            or type(new_entry).__name__ in _HAMT_NODES
+            or type(old_entry) is contextvars.ContextVar
+            or type(new_entry) is contextvars.ContextVar
+            or type(key) is not contextvars.ContextVar
+            or before_entries[position + 1] is not key
+        ):
+            return False
+        values.append((key, old_entry, new_entry))
+    for key, old_value, new_value in values:
+        old[key] = old_value
+        new[key] = new_value
+    for old_child, new_child in children:
+        _collect_unshared(old_child, new_child, old, new)
+    return True
 
 
 def _collect_all(node: object, items: Items) -> None:
@@ -458,6 +520,7 @@ def _set_values(values: list[tuple[contextvars.ContextVar[Any], Any]]) -> None:
 
 
 _ARRAY_NODE = _array_node_type()
+_HAMT = type(gc.get_referents(contextvars.Context())[0])
 
 
 # Django's ASGIHandler is imported lazily: importing it creates Django's

@@ -98,11 +98,14 @@ class Writer(NamedTuple):
     """Receivers that ran in `context`, forked from the dispatch's contexts.
 
     `describe` gives their name; it is called only to report a conflict.
-    (A NamedTuple: a dispatch makes one per receiver that wrote.)
+    `changed`, when given, is what they hand the merge instead of their
+    context's changes (a shared-mode receiver's net effects, from the write
+    journal). (A NamedTuple: a dispatch makes one per receiver that wrote.)
     """
 
     describe: Callable[[], str]
     context: contextvars.Context
+    changed: Mapping[Key, object] | None = None
 
 
 def merge(
@@ -126,7 +129,10 @@ def merge(
     """
     sync_end = sync_writers[-1].context if sync_writers else base
     sync_changes = changes(base, sync_end)
-    async_changes = [changes(async_base, writer.context) for writer in async_writers]
+    async_changes = [
+        changes(async_base, writer.context) if writer.changed is None else writer.changed
+        for writer in async_writers
+    ]
     caller_wrote = not shares_values(base, caller)
     if len(async_changes) <= 1 and not caller_wrote:
         # The caller wrote nothing meanwhile and no two writers ran side by
@@ -203,7 +209,9 @@ def merge_into_current(
 
 
 def _layered(
-    base: contextvars.Context, sync_changes: dict[Key, object], async_changes: dict[Key, object]
+    base: contextvars.Context,
+    sync_changes: Mapping[Key, object],
+    async_changes: Mapping[Key, object],
 ) -> dict[Key, object]:
     """The sync receivers' changes with the async ones' on top: they saw them."""
     result = dict(sync_changes)
@@ -256,6 +264,16 @@ def changes(before: contextvars.Context, after: contextvars.Context) -> dict[Key
         for attribute in old_attributes:
             if attribute not in attributes:
                 changed[(variable, attribute)] = MISSING
+    # Unset again (a token reset to before the variable's first set): only
+    # between steps of one context, never in a fork from its base.
+    for variable, old in old_items.items():
+        if variable in new_items or variable in after or variable in ASGIREF_VARIABLES:
+            continue
+        attributes = local_attributes(variable, old)
+        if attributes is None:
+            changed[variable] = MISSING
+        else:
+            changed.update(((variable, attribute), MISSING) for attribute in attributes)
     return changed
 
 

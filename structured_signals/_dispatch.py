@@ -2,9 +2,10 @@
 
 Sync receivers run first, one after another, each in a copy of the previous
 one's context; async receivers then run together in a TaskGroup, in one
-shared copy of that context or in one copy each. Nothing is written into the
+shared copy of that context (each step of each receiver noted in a write
+journal, `_journal.Journal`) or in one copy each. Nothing is written into the
 caller's context until every receiver has finished; then the receivers'
-changes are merged in (`_context.merge`). A dispatch that raises merges
+changes (shared: their net effects) are merged in (`_context.merge`). A dispatch that raises merges
 nothing (#36714 is the bug of the other direction: losing everything).
 """
 
@@ -15,10 +16,9 @@ import contextvars
 import inspect
 import logging
 import threading
-import types
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal
 
 from asgiref.sync import async_to_sync, sync_to_async
 
@@ -35,6 +35,7 @@ from structured_signals._compat import (
     with_asgiref_of_current,
 )
 from structured_signals._context import Writer, merge_into_current
+from structured_signals._journal import Journal, in_context
 
 if TYPE_CHECKING:
     from structured_signals._signal import StructuredSignal
@@ -44,7 +45,6 @@ __all__ = ("Dispatch", "Responses", "describe")
 Receiver = Callable[..., Any]
 Responses = list[tuple[Receiver, Any]]
 ContextMode = Literal["shared", "isolated"]
-_T = TypeVar("_T")
 
 logger = logging.getLogger("django.dispatch")
 
@@ -176,7 +176,7 @@ class Dispatch:
         """Run sync receivers in one sync_to_async(thread_sensitive=True) call."""
         hop = sync_to_async(self.run_sync, thread_sensitive=True)
         try:
-            await _in_context(asgiref_carrier(), hop(receivers))
+            await in_context(asgiref_carrier(), hop(receivers))
         except asyncio.CancelledError:
             # The thread goes on with the receiver it is running (nothing
             # stops a thread); run_sync starts no other one after this.
@@ -195,11 +195,17 @@ class Dispatch:
         if from_sync:
             start = with_asgiref_of_current(start)
         self.async_base = start
+        journal = None
         if self.isolated:
             contexts = [start.copy() for _ in receivers]
         else:
             shared = start.copy()
             contexts = [shared] * len(receivers)
+            # What reaches the caller from a shared context is computed from
+            # what each receiver wrote in it, step by step (SPEC 3.2). A lone
+            # receiver's net effect is what its context holds at the end.
+            if len(receivers) > 1:
+                journal = Journal(shared)
         outcomes: list[Any] = [None] * len(receivers)
         failed = [False] * len(receivers)
         skipped = [False] * len(receivers)
@@ -252,7 +258,10 @@ class Dispatch:
             async with ReceiverTaskGroup() as group:
                 create_task = group.create_task
                 for index, receiver in enumerate(receivers):
-                    create_task(call(index, receiver), context=contexts[index])
+                    coroutine = call(index, receiver)
+                    if journal is not None:
+                        coroutine = journal.stepped(index, coroutine)
+                    create_task(coroutine, context=contexts[index])
                 populating = False
 
         failure: BaseException | None = None
@@ -275,6 +284,12 @@ class Dispatch:
             # Raised outside the except clause: a receiver's exception keeps
             # its own __cause__, __context__ and __suppress_context__.
             raise failure
+        if journal is not None:
+            # A robust dispatch's failed receivers too: they wrote in the shared context.
+            for index, changed in journal.writes():
+                self.async_writers.append(
+                    Writer(partial(describe, receivers[index]), shared, changed)
+                )
         if any(skipped):
             kept = [index for index, skip in enumerate(skipped) if not skip]
             receivers = [receivers[index] for index in kept]
@@ -282,11 +297,12 @@ class Dispatch:
             contexts = [contexts[index] for index in kept]
             failed = [failed[index] for index in kept]
         self.responses.extend(zip(receivers, outcomes))
-        if not self.isolated:
-            self._keep_writer(partial(_shared_name, *receivers), shared)
+        if journal is not None:
             return
         for receiver, context, lost in zip(receivers, contexts, failed):
-            if not lost:
+            # A robust dispatch drops a failed receiver's writes only when they
+            # are its own (isolated); a shared context keeps them.
+            if not (lost and self.isolated):
                 self._keep_writer(partial(describe, receiver), context)
 
     def run_async_from_sync(self, receivers: list[Receiver]) -> None:
@@ -355,10 +371,6 @@ def _log_failure(receiver: Receiver, err: BaseException) -> None:
     )
 
 
-def _shared_name(*receivers: Receiver) -> str:
-    return f"{', '.join(map(describe, receivers))} (shared context)"
-
-
 class _ReceiverCancelled(Exception):
     """Carries a receiver's own CancelledError through the TaskGroup."""
 
@@ -391,57 +403,3 @@ def _awaitable_from_sync_receiver(receiver: Receiver, response: Any) -> TypeErro
         f"{type(response).__name__}, an awaitable the signal would never await. "
         "Define it with 'async def', or mark it with asgiref.sync.markcoroutinefunction()."
     )
-
-
-async def _awaited(awaitable: Awaitable[_T]) -> _T:
-    return await awaitable
-
-
-def _coroutine_of(awaitable: Awaitable[_T]) -> Coroutine[Any, Any, _T]:
-    return awaitable if isinstance(awaitable, types.CoroutineType) else _awaited(awaitable)
-
-
-def _first_step(
-    context: contextvars.Context, coroutine: Coroutine[Any, Any, Any]
-) -> tuple[bool, Any]:
-    """Run `coroutine` up to its first suspension in `context`: (finished, result or yield)."""
-    try:
-        return False, context.run(coroutine.send, None)
-    except StopIteration as stop:
-        return True, stop.value
-
-
-@types.coroutine
-def _in_context(context: contextvars.Context, awaitable: Awaitable[_T]) -> Generator[Any, Any, _T]:
-    """Await `awaitable` with every step of it run inside `context`.
-
-    A task would do the same, but costs a task and, below Python 3.11, cannot
-    be given a context. (Generators, not a class: the cheapest awaitables.)
-    """
-    coroutine = _coroutine_of(awaitable)
-    finished, value = _first_step(context, coroutine)
-    if finished:
-        result: _T = value
-        return result
-    return (yield from _steps_after(context, coroutine, value))
-
-
-@types.coroutine
-def _steps_after(
-    context: contextvars.Context, coroutine: Coroutine[Any, Any, _T], yielded: Any
-) -> Generator[Any, Any, _T]:
-    """Go on stepping `coroutine` inside `context`, from its yield of `yielded`."""
-    run = context.run
-    while True:
-        try:
-            message, step = (yield yielded), coroutine.send
-        except GeneratorExit:
-            run(coroutine.close)
-            raise
-        except BaseException as thrown:  # noqa: BLE001 -- handed on to the coroutine
-            message, step = thrown, coroutine.throw
-        try:
-            yielded = run(step, message)
-        except StopIteration as stop:
-            result: _T = stop.value
-            return result

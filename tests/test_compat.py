@@ -25,6 +25,7 @@ from structured_signals._compat import (
     live_receivers,
     local_attributes,
     local_storage,
+    mapping_of,
     rehomed,
     shares_values,
     still_connected,
@@ -118,7 +119,8 @@ def test_asgiref_variables_include_the_thread_selecting_ones() -> None:
 
 
 POOL = [contextvars.ContextVar[object](f"pool{i}") for i in range(1500)]
-VALUES = [object() for _ in range(8)]
+# A ContextVar among the values: a node lists values beside their keys.
+VALUES = [*(object() for _ in range(7)), contextvars.ContextVar[object]("a value")]
 UNSET = object()
 
 
@@ -259,6 +261,8 @@ def test_eager_task_group_runs_its_tasks_on_a_loop_whose_create_task_takes_no_ea
         # 3.12-3.13's copy of the group's internals makes the task itself;
         # from 3.14 the loop's create_task makes it, the usual way.
         assert eager == ((3, 12) <= sys.version_info < (3, 14))
+
+
 def test_with_asgiref_of_current_copies_asgirefs_variables_from_the_current_context() -> None:
     def receiver_start() -> contextvars.Context:
         plain.set("the caller's")
@@ -331,3 +335,19 @@ def test_receiver_task_group_leaves_its_parent_tasks_cancel_requests_as_it_found
 
     # Below 3.11 a task does not count its cancel requests.
     assert run(parent()) == [0 if sys.version_info >= (3, 11) else None] * 3
+
+
+def test_mapping_of_a_context_changes_when_it_is_written_entered_or_not() -> None:
+    context = context_holding(dict.fromkeys(range(10), 0))
+    before = mapping_of(context)
+
+    def inside() -> tuple[bool, bool]:
+        unwritten = mapping_of(context) is before
+        POOL[2].set(VALUES[1])
+        return unwritten, mapping_of(context) is before
+
+    outer = contextvars.Context()
+    # Entered from another entered context, as a task's step is.
+    assert outer.run(context.run, inside) == (True, False)
+    assert mapping_of(context) is not before
+    assert mapping_of(context) is mapping_of(context)

@@ -89,6 +89,47 @@ def test_changes_reports_a_deleted_local_attribute_as_missing() -> None:
     assert list(changes(base, after).values()) == [MISSING]
 
 
+@pytest.mark.parametrize("variables", [0, 100])
+def test_changes_reports_a_variable_unset_again_by_a_token_reset_as_missing(
+    variables: int,
+) -> None:
+    # Between two steps of one context (the shared-mode journal), not a fork.
+    many = [contextvars.ContextVar[int](f"filler{index}") for index in range(variables)]
+    base = contextvars.Context()
+    for variable in many:
+        base.run(variable.set, 0)
+    token = base.run(color.set, "red")
+    before = base.copy()
+    base.run(color.reset, token)
+    assert changes(before, base.copy()) == {color: MISSING}
+
+
+def test_changes_reports_every_attribute_of_a_local_unset_again_as_missing() -> None:
+    base = contextvars.Context()
+    storage = next(iter(with_local(base, user=1, tenant="acme").keys()))
+    token = base.run(storage.set, with_local(base, user=1, tenant="acme")[storage])
+    before = base.copy()
+    base.run(storage.reset, token)
+    assert changes(before, base.copy()) == {
+        (storage, "user"): MISSING,
+        (storage, "tenant"): MISSING,
+    }
+
+
+def test_merge_takes_a_writers_given_changes_instead_of_its_contexts() -> None:
+    base = context_with()
+    journaled = Writer(partial(str, "receiver"), then(base, color="ignored"), {size: 2})
+    merged = merge(
+        base=base,
+        caller=base,
+        sync_writers=[],
+        async_base=base,
+        async_writers=[journaled],
+        on_conflict="raise",
+    )
+    assert merged == {size: 2}
+
+
 def test_merge_writes_nothing_when_no_receiver_changed_anything() -> None:
     base = context_with(color=Bomb())
     assert merge_isolated(base, base.copy(), base.copy()) == {}

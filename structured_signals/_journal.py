@@ -1,0 +1,250 @@
+"""Running a coroutine step by step inside a context, and what each step wrote.
+
+A step is a coroutine's run from one resumption to its next suspension. The
+dispatch steps a coroutine itself where a task would cost more than it gives
+(`in_context`, `first_step`, `steps_after`), and, in shared mode, steps each
+async receiver in its own task to keep a write journal (`Journal`): what
+each step changed in the one context the receivers share. What reaches the
+caller is computed from the journal, not from the shared context's final
+state (SPEC 3.2), so two receivers that each set and restore a variable
+around an `await` (`translation.override()`, a tracing span) leave the caller
+as it was, however their restores interleave.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import types
+from collections.abc import Coroutine, Generator
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from structured_signals._compat import mapping_of
+from structured_signals._context import changes, read
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
+    from structured_signals._context import Key
+
+__all__ = ("Journal", "coroutine_of", "first_step", "in_context", "steps_after")
+
+_T = TypeVar("_T")
+
+
+async def _awaited(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable
+
+
+def coroutine_of(awaitable: Awaitable[_T]) -> Coroutine[Any, Any, _T]:
+    """`awaitable` as a coroutine that can be stepped with send() and throw()."""
+    return awaitable if isinstance(awaitable, types.CoroutineType) else _awaited(awaitable)
+
+
+def first_step(
+    context: contextvars.Context, coroutine: Coroutine[Any, Any, Any]
+) -> tuple[bool, Any]:
+    """Run `coroutine` up to its first suspension in `context`: (finished, result or yield)."""
+    try:
+        return False, context.run(coroutine.send, None)
+    except StopIteration as stop:
+        return True, stop.value
+
+
+@types.coroutine
+def in_context(context: contextvars.Context, awaitable: Awaitable[_T]) -> Generator[Any, Any, _T]:
+    """Await `awaitable` with every step of it run inside `context`.
+
+    A task would do the same, but costs a task and, below Python 3.11, cannot
+    be given a context. (Generators, not a class: the cheapest awaitables.)
+    """
+    coroutine = coroutine_of(awaitable)
+    finished, value = first_step(context, coroutine)
+    if finished:
+        result: _T = value
+        return result
+    return (yield from steps_after(context, coroutine, value))
+
+
+@types.coroutine
+def steps_after(
+    context: contextvars.Context, coroutine: Coroutine[Any, Any, _T], yielded: Any
+) -> Generator[Any, Any, _T]:
+    """Go on stepping `coroutine` inside `context`, from its yield of `yielded`."""
+    run = context.run
+    while True:
+        try:
+            message, step = (yield yielded), coroutine.send
+        except GeneratorExit:
+            run(coroutine.close)
+            raise
+        except BaseException as thrown:  # noqa: BLE001 -- handed on to the coroutine
+            message, step = thrown, coroutine.throw
+        try:
+            yielded = run(step, message)
+        except StopIteration as stop:
+            result: _T = stop.value
+            return result
+
+
+class _Run:
+    """One receiver's writes to one key, from its first to its last."""
+
+    __slots__ = ("after", "before", "first", "last")
+
+    def __init__(self, step: int, before: object, after: object) -> None:
+        # Invariant: `first` and `last` number the receiver's first and last
+        # step that wrote the key, in the order the dispatch's steps ran;
+        # `before` is the key's value just before the first, `after` the
+        # value the last left.
+        self.first = self.last = step
+        self.before = before
+        self.after = after
+
+
+class Journal:
+    """The write journal of one shared-mode dispatch (SPEC 3.2).
+
+    Each receiver's task runs its coroutine through `stepped()`, in the one
+    context all receivers share; every step of it that changed that context
+    is noted, with copies of the context before and after it. A receiver's
+    net effect on a key (a ContextVar, a Local attribute) is the value of its
+    last write, unless that puts back (by identity) the value the key held
+    just before the receiver's first write to it: the context-manager
+    pattern, which has none. `writes()` turns the net effects into what each
+    receiver hands the merge.
+    """
+
+    __slots__ = ("_last", "_mapping", "_shared", "_steps")
+
+    def __init__(self, shared: contextvars.Context) -> None:
+        # Invariant: only the receivers' tasks ever enter `shared`, and every
+        # step they take ends in `_Stepped`'s check: so the context a step
+        # begins in is the one the previous step (of any receiver) ended in,
+        # `_last` (a copy, never entered), whose mapping is `_mapping`.
+        self._shared = shared
+        self._last = shared.copy()
+        self._mapping = mapping_of(self._last)
+        # Invariant: every step that changed the shared context, in the order
+        # they ran: (receiver index, copy before, copy after). What each
+        # changed is read only at the end, and only where needed.
+        self._steps: list[tuple[int, contextvars.Context, contextvars.Context]] = []
+
+    def stepped(self, index: int, coroutine: Coroutine[Any, Any, _T]) -> _Stepped[_T]:
+        """`coroutine`, for receiver `index`'s task to run: its steps are noted here."""
+        return _Stepped(self, index, coroutine)
+
+    def _note(self, index: int, mapping: object) -> None:
+        """Note that the step of receiver `index` that just ended wrote: it left `mapping`."""
+        after = contextvars.copy_context()
+        self._steps.append((index, self._last, after))
+        self._last, self._mapping = after, mapping
+
+    def writes(self) -> list[tuple[int, dict[Key, object]]]:
+        """(receiver index, what it hands the merge), in connection order.
+
+        Keys no receiver has a net effect on are in nobody's; a key with one
+        net writer is in its; with several, only in the last one's when each
+        one's writes to the key came after the previous one's had ended (it
+        saw them: two receivers incrementing a counter one after the other
+        give 3, as in Django 6.1), and in every one's when their writes
+        interleaved, for the merge to settle as a conflict (SPEC 4).
+        """
+        steps = self._steps
+        if not steps:
+            return []
+        writers = {index for index, _, _ in steps}
+        if len(writers) == 1:
+            # One writer: each key's value before its first write is the one
+            # before the dispatch, so its net effects are one diff.
+            changed = changes(steps[0][1], steps[-1][2])
+            return [(writers.pop(), changed)] if changed else []
+        net_writers: dict[Key, list[tuple[int, _Run]]] = {}
+        for index, runs in sorted(_runs(steps).items()):
+            for key, run in runs.items():
+                if run.after is not run.before:
+                    net_writers.setdefault(key, []).append((index, run))
+        written: dict[int, dict[Key, object]] = {}
+        for key, net in net_writers.items():
+            for index, run in _settled(net):
+                written.setdefault(index, {})[key] = run.after
+        return sorted(written.items())
+
+
+def _runs(
+    steps: list[tuple[int, contextvars.Context, contextvars.Context]],
+) -> dict[int, dict[Key, _Run]]:
+    """By receiver index, each key it changed, from the steps that wrote."""
+    runs: dict[int, dict[Key, _Run]] = {}
+    for number, (index, before, after) in enumerate(steps):
+        written = runs.setdefault(index, {})
+        for key, value in changes(before, after).items():
+            run = written.get(key)
+            if run is None:
+                written[key] = _Run(number, read(before, key), value)
+            else:
+                run.last = number
+                run.after = value
+    return runs
+
+
+def _settled(writers: list[tuple[int, _Run]]) -> list[tuple[int, _Run]]:
+    """The net writers of a key whose values reach the merge.
+
+    `writers` is in connection order; the last in time when none of their
+    writes interleaved, all of them otherwise.
+    """
+    if len(writers) == 1:
+        return writers
+    in_time = sorted(writers, key=lambda writer: writer[1].first)
+    if all(earlier.last < later.first for (_, earlier), (_, later) in zip(in_time, in_time[1:])):
+        return in_time[-1:]
+    return writers
+
+
+class _Stepped(Coroutine[Any, Any, _T]):
+    """A coroutine whose every step is noted in a journal as one receiver's.
+
+    What the receiver's task runs, in the shared context: the task steps it
+    as it would the coroutine itself (send, throw), so that the receiver
+    keeps its task, cancellation, timeouts and errors (SPEC 3.8). (A class
+    the task calls, not a generator around the coroutine: no frame more to
+    resume per step.)
+    """
+
+    __slots__ = ("_coroutine", "_index", "_journal")
+
+    # A step that wrote nothing is recognised in O(1), with no copy and no
+    # diff; a step that wrote is noted with a copy (inline: this runs once
+    # per step of every shared-mode receiver).
+
+    def __init__(self, journal: Journal, index: int, coroutine: Coroutine[Any, Any, _T]) -> None:
+        self._journal = journal
+        self._index = index
+        self._coroutine = coroutine
+
+    def send(self, value: Any) -> Any:
+        try:
+            return self._coroutine.send(value)
+        finally:
+            journal = self._journal
+            mapping = mapping_of(journal._shared)
+            if mapping is not journal._mapping:
+                journal._note(self._index, mapping)
+
+    def throw(self, error: Any, value: Any = None, traceback: Any = None) -> Any:
+        try:
+            if value is None and traceback is None:
+                return self._coroutine.throw(error)
+            return self._coroutine.throw(error, value, traceback)
+        finally:
+            journal = self._journal
+            mapping = mapping_of(journal._shared)
+            if mapping is not journal._mapping:
+                journal._note(self._index, mapping)
+
+    def close(self) -> None:
+        self._coroutine.close()
+
+    def __await__(self) -> Generator[Any, Any, _T]:
+        # No __next__: a task then calls send() itself, not through it.
+        raise TypeError("a receiver's journaled coroutine is run by its task, never awaited")
