@@ -166,26 +166,38 @@ def merge(
             if on_conflict == "raise":
                 conflicts.append(conflict)
                 continue
-            chosen = (None, _decided(on_conflict, conflict))
-        if chosen[1] is not caller_value:
-            result[key] = chosen[1]
+            chosen = (None, on_conflict(conflict))
+        if chosen[1] is caller_value:
+            continue
+        if chosen[1] is MISSING and not isinstance(key, tuple):
+            raise _cannot_unset(key, on_conflict)
+        result[key] = chosen[1]
     if conflicts:
         raise ContextConflictError(conflicts)
     return result
 
 
-def _decided(on_conflict: Callable[[Conflict], object], conflict: Conflict) -> object:
-    """The value a callable policy keeps; MISSING (unset) only for a Local attribute."""
-    value = on_conflict(conflict)
-    if value is MISSING and conflict.attribute is None:
+def _cannot_unset(variable: Variable, on_conflict: OnConflict) -> ValueError:
+    """The error for a merge that would have to unset a ContextVar in the caller.
+
+    A ContextVar set in the caller can only be reset by its own token: a
+    policy's answer of MISSING (unset), or a receiver's unsetting one (a reset
+    of a sibling's token) chosen over the caller's write, cannot be applied.
+    """
+    if callable(on_conflict):
         policy = getattr(on_conflict, "__qualname__", None) or repr(on_conflict)
-        raise ValueError(
-            f"on_conflict={policy} returned MISSING for the ContextVar "
-            f"{conflict.variable.name!r}, which cannot be unset: return the value to keep "
-            "(one of conflict.writers' values, for instance). Only a Local attribute can "
-            "be deleted by returning MISSING. Nothing was merged."
+        return ValueError(
+            f"on_conflict={policy} returned MISSING for the ContextVar {variable.name!r}, "
+            "which cannot be unset: return the value to keep (one of conflict.writers' "
+            "values, for instance). Only a Local attribute can be deleted by returning "
+            "MISSING. Nothing was merged."
         )
-    return value
+    return ValueError(
+        f"on_conflict={on_conflict!r} chose to unset the ContextVar {variable.name!r}, which "
+        "a receiver reset to unset while the caller set it: a ContextVar cannot be unset "
+        "in the caller. Use on_conflict='first' or a callable returning the value to keep. "
+        "Nothing was merged."
+    )
 
 
 def merge_into_current(

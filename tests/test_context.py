@@ -130,6 +130,23 @@ def test_merge_takes_a_writers_given_changes_instead_of_its_contexts() -> None:
     assert merged == {size: 2}
 
 
+def test_merge_refuses_to_unset_a_variable_the_caller_set_when_last_picks_an_unset() -> None:
+    # A receiver reset a sibling's token (the variable is unset again, as at
+    # the base) while the caller set it: "last" picks the unset, which a
+    # ContextVar of the caller cannot take. Never the MISSING sentinel as a value.
+    base = context_with()
+    unsetter = Writer(partial(str, "receiver"), base.copy(), {color: MISSING})
+    with pytest.raises(ValueError, match="cannot be unset in the caller"):
+        merge(
+            base=base,
+            caller=then(base, color="caller's"),
+            sync_writers=[],
+            async_base=base,
+            async_writers=[unsetter],
+            on_conflict="last",
+        )
+
+
 def test_merge_writes_nothing_when_no_receiver_changed_anything() -> None:
     base = context_with(color=Bomb())
     assert merge_isolated(base, base.copy(), base.copy()) == {}
