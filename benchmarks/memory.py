@@ -61,7 +61,9 @@ class Report:
 
 
 def live(kind: type) -> list[object]:
-    return [obj for obj in gc.get_objects() if isinstance(obj, kind)]
+    # By type, not isinstance(): that reads a Django LazyObject's __class__,
+    # which sets it up (staticfiles_storage raises without STATIC_URL).
+    return [obj for obj in gc.get_objects() if issubclass(type(obj), kind)]
 
 
 def receiver_frames() -> int:

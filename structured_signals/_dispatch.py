@@ -6,6 +6,10 @@ shared copy of that context or in one copy each. Nothing is written into the
 caller's context until every receiver has finished; then the receivers'
 changes are merged in (`_context.merge`). A dispatch that raises merges
 nothing (#36714 is the bug of the other direction: losing everything).
+
+A sync send() is no such dispatch for its sync receivers: StructuredSignal.send
+calls them itself, in the caller's context, as Django does; only its async
+receivers come here (`Dispatch.run_from_sync`).
 """
 
 from __future__ import annotations
@@ -116,13 +120,16 @@ class Dispatch:
         self.merge_into_caller()
         return self.responses
 
-    def run_from_sync(
-        self, sync_receivers: list[Receiver], async_receivers: list[Receiver]
-    ) -> Responses:
-        """The whole dispatch, from sync code: sync receivers here, then async ones."""
-        self.run_sync(sync_receivers)
-        if async_receivers:
-            self.run_async_from_sync(async_receivers)
+    def run_from_sync(self, async_receivers: list[Receiver], *, disconnections: int) -> Responses:
+        """The async receivers of a sync send(), through async_to_sync; changes merged.
+
+        send() has already called the sync receivers in the caller's own
+        context, as Django does, so they are no part of this dispatch.
+        `disconnections` is the signal's count from when send() began: a sync
+        receiver may have disconnected one of these since.
+        """
+        self.disconnections = disconnections
+        self.run_async_from_sync(async_receivers)
         self.merge_into_caller()
         return self.responses
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -9,11 +10,13 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.dispatch import Signal
 from django.dispatch.dispatcher import NO_RECEIVERS
 
-from structured_signals._compat import live_receivers
+from structured_signals._compat import SENDS_FROM_A_COMPREHENSION, is_connected, live_receivers
 from structured_signals._dispatch import (
     ContextMode,
     Dispatch,
     Responses,
+    _awaitable_from_sync_receiver,
+    _log_failure,
     runs_alone,
     send_to_one,
 )
@@ -125,17 +128,83 @@ class StructuredSignal(Signal):
             self._disconnections += 1
         return disconnected
 
-    def send(self, sender: Any, **named: Any) -> Responses:
-        """Send the signal from sync code; async receivers run via async_to_sync.
+    # send() and send_robust() call their sync receivers themselves, in the
+    # caller's own context and from the frame Django's own calls them from:
+    # a receiver's writes are the caller's as they happen (a ContextVar token
+    # set by one send()'s receiver can be reset by a later one's), and a
+    # `warnings.warn(stacklevel=...)` in it counts the frames Django's does.
+    # Only the async receivers go through a Dispatch, merged back as usual.
+    if SENDS_FROM_A_COMPREHENSION:
 
-        Returns [(receiver, response), ...]: sync receivers first, then async
-        ones, each in connection order. The first error propagates.
-        """
-        return self._send(sender, named, robust=False)
+        def send(self, sender: Any, **named: Any) -> Responses:
+            """Send the signal from sync code; async receivers run via async_to_sync.
+
+            Returns [(receiver, response), ...]: sync receivers first, then
+            async ones, each in connection order. The first error propagates.
+            """
+            if not self.receivers or self.sender_receivers_cache.get(sender) is NO_RECEIVERS:
+                return []
+            disconnections = self._disconnections
+            sync_receivers, async_receivers = live_receivers(self, sender)
+            responses = [
+                (receiver, _sync_response(receiver, receiver(signal=self, sender=sender, **named)))
+                for receiver in sync_receivers
+                if self._disconnections == disconnections or is_connected(self, receiver)
+            ]
+            if async_receivers:
+                dispatch = Dispatch(self, sender, named, robust=False)
+                responses += dispatch.run_from_sync(async_receivers, disconnections=disconnections)
+            return responses
+
+    else:
+
+        def send(self, sender: Any, **named: Any) -> Responses:
+            """Send the signal from sync code; async receivers run via async_to_sync.
+
+            Returns [(receiver, response), ...]: sync receivers first, then
+            async ones, each in connection order. The first error propagates.
+            """
+            if not self.receivers or self.sender_receivers_cache.get(sender) is NO_RECEIVERS:
+                return []
+            disconnections = self._disconnections
+            sync_receivers, async_receivers = live_receivers(self, sender)
+            responses: Responses = []
+            for receiver in sync_receivers:
+                if self._disconnections != disconnections and not is_connected(self, receiver):
+                    continue
+                response = receiver(signal=self, sender=sender, **named)
+                if response is not None and inspect.isawaitable(response):
+                    raise _awaitable_from_sync_receiver(receiver, response)
+                responses.append((receiver, response))
+            if async_receivers:
+                dispatch = Dispatch(self, sender, named, robust=False)
+                responses += dispatch.run_from_sync(async_receivers, disconnections=disconnections)
+            return responses
 
     def send_robust(self, sender: Any, **named: Any) -> Responses:
         """Like `send`, but a receiver's Exception becomes its response."""
-        return self._send(sender, named, robust=True)
+        if not self.receivers or self.sender_receivers_cache.get(sender) is NO_RECEIVERS:
+            return []
+        disconnections = self._disconnections
+        sync_receivers, async_receivers = live_receivers(self, sender)
+        responses: Responses = []
+        for receiver in sync_receivers:
+            if self._disconnections != disconnections and not is_connected(self, receiver):
+                continue
+            try:
+                response = receiver(signal=self, sender=sender, **named)
+                if response is not None and inspect.isawaitable(response):
+                    raise _awaitable_from_sync_receiver(receiver, response)
+            # A sync receiver's CancelledError is its own: nothing cancels it.
+            except (Exception, asyncio.CancelledError) as err:  # noqa: BLE001 -- answered
+                _log_failure(receiver, err)
+                responses.append((receiver, err))
+            else:
+                responses.append((receiver, response))
+        if async_receivers:
+            dispatch = Dispatch(self, sender, named, robust=True)
+            responses += dispatch.run_from_sync(async_receivers, disconnections=disconnections)
+        return responses
 
     async def asend(self, sender: Any, **named: Any) -> Responses:
         """Send the signal from async code; sync receivers run via sync_to_async.
@@ -149,13 +218,6 @@ class StructuredSignal(Signal):
     async def asend_robust(self, sender: Any, **named: Any) -> Responses:
         """Like `asend`, but a receiver's Exception becomes its response."""
         return await self._asend(sender, named, robust=True)
-
-    def _send(self, sender: Any, named: dict[str, Any], *, robust: bool) -> Responses:
-        if not self.receivers or self.sender_receivers_cache.get(sender) is NO_RECEIVERS:
-            return []
-        sync_receivers, async_receivers = live_receivers(self, sender)
-        dispatch = Dispatch(self, sender, named, robust=robust)
-        return dispatch.run_from_sync(sync_receivers, async_receivers)
 
     def _asend(
         self, sender: Any, named: dict[str, Any], *, robust: bool
@@ -173,6 +235,13 @@ class StructuredSignal(Signal):
 
 async def _no_responses() -> Responses:
     return []
+
+
+def _sync_response(receiver: Callable[..., Any], response: Any) -> Any:
+    """`response`, unless it is an awaitable a sync receiver returned by mistake."""
+    if response is not None and inspect.isawaitable(response):
+        raise _awaitable_from_sync_receiver(receiver, response)
+    return response
 
 
 def _calls_async(receiver: Callable[..., Any]) -> bool:
