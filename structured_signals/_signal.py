@@ -92,10 +92,13 @@ class StructuredSignal(Signal):
         self.context = context
         self.on_conflict = on_conflict
         self.timeout = timeout
+        # Read before each sync receiver by send(): an instance attribute is
+        # the quickest to read. (_configure runs once per signal object.)
+        self._disconnections = 0
 
     # Invariant: bumped by every disconnect() that removed a receiver, before
     # it returns, so that a dispatch under way can tell it must check again.
-    _disconnections = 0
+    _disconnections: int
 
     def connect(self, receiver: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Connect `receiver`, as Django does, but refuse a non-callable always.
