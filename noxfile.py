@@ -123,10 +123,9 @@ DJANGO_TEST_LABELS = (
     *("dispatch", "signals", "asgi", "handlers"),
     # setting_changed: override_settings, its receivers' stacklevel.
     *("settings_tests", "test_utils"),
-    # Model and migration signals sent by the ORM.
+    # Model and migration signals sent by the ORM, and auth's.
     *("migrate_signals", "m2m_signals", "delete", "delete_regress"),
-    *("update_only_fields", "proxy_models", "model_fields.test_imagefield"),
-    *("auth_tests.test_signals", "backends.tests.ConnectionCreatedSignalTest"),
+    *("update_only_fields", "proxy_models", "fixtures_regress", "auth_tests.test_signals"),
     # request_started/request_finished from sync code: WSGI, the test client.
     *("wsgi", "builtin_server", "requests_tests", "test_client", "test_client_regress"),
     "middleware",

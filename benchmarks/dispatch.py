@@ -301,6 +301,8 @@ def run_async_section(rounds: int, quick: bool, stem: str) -> None:
 SyncCall = Callable[[], object]
 SyncRow = tuple[str, float, dict[str, tuple[SyncCall, SyncCall]]]
 SYNC_BATCH_SECONDS = 0.002
+# At least this many calls a batch: a save() takes a few hundred µs.
+SYNC_BATCH_CALLS = 50
 SYNC_RECEIVER_COUNTS = (1, 5, 20)
 written_by_sync: contextvars.ContextVar[int] = contextvars.ContextVar("written_by_sync")
 
@@ -407,7 +409,7 @@ def time_sync_batch(switch_and_call: tuple[SyncCall, SyncCall], count: int) -> f
 def measure_sync_row(calls: dict[str, tuple[SyncCall, SyncCall]], rounds: int) -> dict[str, float]:
     """Median seconds per call of each implementation, interleaved by round."""
     counts = {
-        name: max(1, int(SYNC_BATCH_SECONDS / max(time_sync_batch(call, 20), 1e-8)))
+        name: max(SYNC_BATCH_CALLS, int(SYNC_BATCH_SECONDS / max(time_sync_batch(call, 20), 1e-8)))
         for name, call in calls.items()
     }
     names = list(calls)
