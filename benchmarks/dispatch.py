@@ -14,7 +14,17 @@ round to cancel drift:
 It prints the medians and the ratio to Django's own, and writes them to
 benchmarks/results/dispatch-<python>-django<version>.md with a PNG chart.
 
-    python benchmarks/dispatch.py [--rounds 15] [--quick]
+The `sync` section times sync `send()` with sync receivers, the path most of
+Django's own signals take (model init and save, settings, WSGI requests):
+StructuredSignal.send against the installed Django's `Signal.send`, and the
+ORM (building instances with pre_init/post_init receivers, `Model.save()`
+with pre_save/post_save receivers, in-memory SQLite) with the app's upgrade
+of Django's built-in signals applied against without it, switched back and
+forth in the same process. Interleaved round by round as well; written to
+benchmarks/results/sync-<python>-django<version>.md.
+
+    python benchmarks/dispatch.py [--rounds 15] [--quick] [--section all|async|sync]
+        [--sync-rounds 61]
 """
 
 from __future__ import annotations
@@ -22,12 +32,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextvars
+import gc
 import itertools
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -291,30 +303,210 @@ def chart(results: list[tuple[Cell, dict[str, float]]], path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--quick", action="store_true", help="skip the 1000-receiver cells")
-    arguments = parser.parse_args()
-    if not settings.configured:
-        settings.configure()
-        django.setup()
-    results = [(cell, run_cell(cell, arguments.rounds)) for cell in grid(arguments.quick)]
-    python = f"{sys.version_info.major}.{sys.version_info.minor}"
-    command = f"python benchmarks/dispatch.py --rounds {arguments.rounds}"
+def run_async_section(rounds: int, quick: bool, stem: str) -> None:
+    results = [(cell, run_cell(cell, rounds)) for cell in grid(quick)]
+    command = f"python benchmarks/dispatch.py --rounds {rounds}"
     title = (
         f"Dispatch, median µs per dispatch: Python {sys.version.split()[0]}, "
         f"Django {django.get_version()}, `{command}`"
     )
     report = f"{title}\n\n{table(results)}\n"
-    if not arguments.quick:
-        variables_ratio = asyncio.run(measure_caller_variables(arguments.rounds))
+    if not quick:
+        variables_ratio = asyncio.run(measure_caller_variables(rounds))
         report += f"\nSpeed goals:\n\n{goals_table(goals(results, variables_ratio))}\n"
     print(report)
+    (RESULTS / f"dispatch-{stem}.md").write_text(report)
+    chart(results, RESULTS / f"dispatch-{stem}.png")
+
+
+# The sync section. Each row: (what, limit, {implementation: (switch, call)}):
+# `switch` runs before each of the implementation's batches, `call` is timed.
+SyncCall = Callable[[], object]
+SyncRow = tuple[str, float, dict[str, tuple[SyncCall, SyncCall]]]
+SYNC_BATCH_SECONDS = 0.002
+# At least this many calls a batch: a save() takes a few hundred µs.
+SYNC_BATCH_CALLS = 50
+SYNC_RECEIVER_COUNTS = (1, 5, 20)
+written_by_sync: contextvars.ContextVar[int] = contextvars.ContextVar("written_by_sync")
+
+
+def no_switch() -> None:
+    return None
+
+
+def sync_send_rows() -> list[SyncRow]:
+    """Sync send() to sync receivers: StructuredSignal (shared) against Django's Signal."""
+
+    def quiet() -> Callable[..., None]:
+        def receiver(**kwargs: Any) -> None:
+            return None
+
+        return receiver  # a new function each: Django connects one only once
+
+    def writes(**kwargs: Any) -> None:
+        written_by_sync.set(1)
+
+    def pair(receivers: list[Callable[..., None]]) -> dict[str, tuple[SyncCall, SyncCall]]:
+        djangos, ours = Signal(), StructuredSignal()
+        for receiver in receivers:
+            djangos.connect(receiver, weak=False)
+            ours.connect(receiver, weak=False)
+        assert len(djangos.receivers) == len(ours.receivers) == len(receivers)
+        return {
+            "django": (no_switch, partial(djangos.send, sender=None)),
+            "structured": (no_switch, partial(ours.send, sender=None)),
+        }
+
+    rows: list[SyncRow] = [
+        (
+            f"send(), {n} sync receiver{'s' * (n > 1)} writing nothing",
+            1.10,
+            pair([quiet() for _ in range(n)]),
+        )
+        for n in SYNC_RECEIVER_COUNTS
+    ]
+    rows.append(("send(), 1 sync receiver writing a ContextVar", 1.20, pair([writes])))
+    return rows
+
+
+def orm_rows() -> list[SyncRow]:
+    """The ORM with the app's upgrade of Django's signals applied, and without."""
+    from django.contrib.auth.models import User
+    from django.core.management import call_command
+    from django.db.models import signals
+
+    from structured_signals._integration import upgrade_signals
+
+    call_command("migrate", run_syncdb=True, verbosity=0)
+
+    def quiet(**kwargs: Any) -> None:
+        return None
+
+    for signal in (signals.pre_init, signals.post_init, signals.pre_save, signals.post_save):
+        signal.connect(quiet, sender=User, weak=False)
+    saved = User.objects.create(username="saved")
+    # The app upgrades Django's signals in place; switching their class back
+    # and forth, batch by batch, compares the two in one process.
+    before = {id(signal): type(signal) for signal in live_signals()}
+    upgrade_signals()
+    switched = [
+        (signal, before[id(signal)], type(signal))
+        for signal in live_signals()
+        if type(signal) is not before.get(id(signal), type(signal))
+    ]
+
+    def switch(applied: bool) -> SyncCall:
+        def switch_to() -> None:
+            for signal, djangos, structured in switched:
+                signal.__class__ = structured if applied else djangos
+
+        return switch_to
+
+    def build() -> object:
+        return User(username="built", email="built@example.com")
+
+    return [
+        (what, 1.05, {"django": (switch(False), call), "structured": (switch(True), call)})
+        for what, call in (
+            ("ORM: build a User (1 pre_init, 1 post_init receiver)", build),
+            ("ORM: User.save() (1 pre_save, 1 post_save receiver)", saved.save),
+        )
+    ]
+
+
+def live_signals() -> list[Signal]:
+    # By type: isinstance() would set up any Django LazyObject it meets.
+    return [obj for obj in gc.get_objects() if issubclass(type(obj), Signal)]
+
+
+def time_sync_batch(switch_and_call: tuple[SyncCall, SyncCall], count: int) -> float:
+    """CPU seconds per call, as timeit takes them: the garbage collector off.
+
+    CPU time: the time other processes take the CPU is not counted.
+    """
+    switch, call = switch_and_call
+    switch()
+    gc.collect()
+    gc.disable()
+    try:
+        started = time.thread_time()
+        for _ in range(count):
+            call()
+        return (time.thread_time() - started) / count
+    finally:
+        gc.enable()
+
+
+def measure_sync_row(
+    calls: dict[str, tuple[SyncCall, SyncCall]], rounds: int
+) -> tuple[float, float, float]:
+    """Django's and our median seconds per call, and the median of the rounds'
+    ratios (each round times both, one right after the other, in turn first)."""
+    counts = {
+        name: max(SYNC_BATCH_CALLS, int(SYNC_BATCH_SECONDS / max(time_sync_batch(call, 20), 1e-8)))
+        for name, call in calls.items()
+    }
+    for name, call in calls.items():
+        time_sync_batch(call, counts[name])  # warm-up, not counted
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in range(rounds):
+        order = ["django", "structured"] if round_ % 2 else ["structured", "django"]
+        for name in order:
+            samples[name].append(time_sync_batch(calls[name], counts[name]))
+    ratios = [ours / djangos for ours, djangos in zip(samples["structured"], samples["django"])]
+    return (
+        statistics.median(samples["django"]),
+        statistics.median(samples["structured"]),
+        statistics.median(ratios),
+    )
+
+
+def run_sync_section(rounds: int, stem: str) -> None:
+    lines = [
+        "| sync | Django µs | structured µs | ratio | limit | |",
+        "|---|---|---|---|---|---|",
+    ]
+    # The ORM rows switch Django's signals: measured last, left upgraded.
+    for what, limit, calls in [*sync_send_rows(), *orm_rows()]:
+        djangos, ours, ratio = contextvars.Context().run(measure_sync_row, calls, rounds)
+        lines.append(
+            f"| {what} | {microseconds(djangos)} | {microseconds(ours)} | {ratio:.2f} | "
+            f"<= {limit} | {'met' if ratio <= limit else 'missed'} |"
+        )
+    command = f"python benchmarks/dispatch.py --section sync --sync-rounds {rounds}"
+    title = (
+        f"Sync send(), median µs of thread CPU time per call, ratio: median of the "
+        f"rounds' ratios: Python {sys.version.split()[0]}, Django {django.get_version()}, "
+        f"`{command}`; the ORM rows: Django's built-in signals as they are (Django) and "
+        "upgraded by the app (structured)"
+    )
+    report = f"{title}\n\n" + "\n".join(lines) + "\n"
+    print(report)
+    (RESULTS / f"sync-{stem}.md").write_text(report)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="skip the 1000-receiver cells")
+    parser.add_argument("--section", choices=("all", "async", "sync"), default="all")
+    parser.add_argument(
+        "--sync-rounds", type=int, default=61, help="rounds of each row of the sync section"
+    )
+    arguments = parser.parse_args()
+    if not settings.configured:
+        settings.configure(
+            INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth"],
+            DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        )
+        django.setup()
     RESULTS.mkdir(exist_ok=True)
-    stem = f"dispatch-{python}-django{django.VERSION[0]}.{django.VERSION[1]}"
-    (RESULTS / f"{stem}.md").write_text(report)
-    chart(results, RESULTS / f"{stem}.png")
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stem = f"{python}-django{django.VERSION[0]}.{django.VERSION[1]}"
+    if arguments.section in ("all", "async"):
+        run_async_section(arguments.rounds, arguments.quick, stem)
+    if arguments.section in ("all", "sync"):
+        run_sync_section(arguments.sync_rounds, stem)
     return 0
 
 

@@ -17,6 +17,7 @@ import contextvars
 import gc
 import sys
 import tracemalloc
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,14 +62,17 @@ class Report:
 
 
 def live(kind: type) -> list[object]:
-    return [obj for obj in gc.get_objects() if isinstance(obj, kind)]
+    # By type, not isinstance() (nor asyncio.iscoroutine(), which calls it):
+    # that reads a Django LazyObject's __class__, which sets it up
+    # (staticfiles_storage raises without STATIC_URL).
+    return [obj for obj in gc.get_objects() if issubclass(type(obj), kind)]
 
 
 def receiver_frames() -> int:
     return sum(
         1
         for obj in gc.get_objects()
-        if asyncio.iscoroutine(obj) and getattr(obj, "cr_code", None) in RECEIVER_CODES
+        if type(obj) is types.CoroutineType and obj.cr_code in RECEIVER_CODES
     )
 
 

@@ -141,6 +141,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "ASGIREF_VARIABLES",
+    "SENDS_FROM_A_COMPREHENSION",
     "BaseExceptionGroup",
     "EagerTaskGroup",
     "ReceiverTaskGroup",
@@ -168,6 +169,12 @@ Receiver = Callable[..., Any]
 # from then on; 4.2 returns one list and never awaits anything. 5.0 also
 # split ASGIHandler.handle() into the pieces the structured handler reuses.
 _DJANGO_5 = django.VERSION >= (5, 0)
+
+# Django 4.2's send() calls its receivers inside a list comprehension: a frame
+# of its own below Python 3.12 (PEP 709 inlines them), which warnings raised by
+# receivers count (django.test.signals.complex_setting_changed: "stacklevel=5
+# if PY312 else 6"). 5.0+ call them from a for loop in send() itself.
+SENDS_FROM_A_COMPREHENSION = not _DJANGO_5
 
 
 def live_receivers(signal: Signal, sender: Any) -> tuple[list[Receiver], list[Receiver]]:

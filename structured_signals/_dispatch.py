@@ -7,6 +7,10 @@ journal, `_journal.Journal`) or in one copy each. Nothing is written into the
 caller's context until every receiver has finished; then the receivers'
 changes (shared: their net effects) are merged in (`_context.merge`). A dispatch that raises merges
 nothing (#36714 is the bug of the other direction: losing everything).
+
+A sync send() is no such dispatch for its sync receivers: StructuredSignal.send
+calls them itself, in the caller's context, as Django does; only its async
+receivers come here (`Dispatch.run_from_sync`).
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from structured_signals._journal import Journal, in_context
 if TYPE_CHECKING:
     from structured_signals._signal import StructuredSignal
 
-__all__ = ("Dispatch", "Responses", "describe")
+__all__ = ("Connections", "Dispatch", "Responses", "describe")
 
 Receiver = Callable[..., Any]
 Responses = list[tuple[Receiver, Any]]
@@ -71,10 +75,8 @@ class Dispatch:
         "async_base",
         "async_writers",
         "base",
-        "disconnections",
-        "entries",
+        "connections",
         "isolated",
-        "keys",
         "named",
         "on_conflict",
         "responses",
@@ -88,7 +90,13 @@ class Dispatch:
     )
 
     def __init__(
-        self, signal: StructuredSignal, sender: Any, named: dict[str, Any], *, robust: bool
+        self,
+        signal: StructuredSignal,
+        sender: Any,
+        named: dict[str, Any],
+        *,
+        robust: bool,
+        connections: Connections | None = None,
     ) -> None:
         self.signal = signal
         self.sender = sender
@@ -97,13 +105,8 @@ class Dispatch:
         self.isolated = signal.context == "isolated"
         self.on_conflict = signal.on_conflict
         self.timeout = signal.timeout
-        self.disconnections = signal._disconnections
-        # Invariant: made right after `live_receivers()`, so `entries` is the
-        # `signal.receivers` they were looked up from (a copy: Django edits
-        # the list in place); `keys`, their lookup keys, is read from it only
-        # once a disconnect() happened during the dispatch.
-        self.entries = signal.receivers.copy()
-        self.keys: tuple[list[LookupKey], list[LookupKey]] | None = None
+        # Made right after `live_receivers()`, unless send() made it then.
+        self.connections = connections or Connections(signal, sender)
         # Invariant: set once the caller stopped waiting for the sync
         # receivers' thread; the ones that had not started then never start.
         self.abandoned = False
@@ -130,13 +133,15 @@ class Dispatch:
         self.merge_into_caller()
         return self.responses
 
-    def run_from_sync(
-        self, sync_receivers: list[Receiver], async_receivers: list[Receiver]
-    ) -> Responses:
-        """The whole dispatch, from sync code: sync receivers here, then async ones."""
-        self.run_sync(sync_receivers)
-        if async_receivers:
-            self.run_async_from_sync(async_receivers)
+    def run_from_sync(self, async_receivers: list[Receiver]) -> Responses:
+        """The async receivers of a sync send(), through async_to_sync; changes merged.
+
+        send() has already called the sync receivers in the caller's own
+        context, as Django does, so they are no part of this dispatch (its
+        `connections` are send()'s: a sync receiver may have disconnected one
+        of these since).
+        """
+        self.run_async_from_sync(async_receivers)
         self.merge_into_caller()
         return self.responses
 
@@ -146,7 +151,7 @@ class Dispatch:
         for index, receiver in enumerate(receivers):
             if self.abandoned:
                 return
-            if not self._still_connected(index, asynchronous=False):
+            if not self.connections.still_connected(index, asynchronous=False):
                 continue
             attempt = context.copy()
             try:
@@ -225,11 +230,12 @@ class Dispatch:
             deadline = asyncio.get_running_loop().time() + self.timeout
         each_deadline, group_deadline = (deadline, None) if self.robust else (None, deadline)
         signal, sender, named = self.signal, self.sender, self.named
-        disconnections = self.disconnections
+        connections = self.connections
+        disconnections = connections.disconnections
 
         async def call(index: int, receiver: Receiver) -> None:
-            # As _still_connected(), the common case inline: this runs once per receiver.
-            if signal._disconnections != disconnections and not self._still_connected(
+            # The common case of still_connected() inline: this runs once per receiver.
+            if signal._disconnections != disconnections and not connections.still_connected(
                 index, asynchronous=True
             ):
                 skipped[index] = True
@@ -339,14 +345,33 @@ class Dispatch:
         if not shares_values(self.async_base, context):
             self.async_writers.append(Writer(describe, context))
 
-    def _still_connected(self, index: int, *, asynchronous: bool) -> bool:
-        """False once the disconnect() of the `index`th sync or async receiver has returned.
 
-        Decided by the lookup key it was connected under, as disconnect()
-        decides: identity fails for a WeakMethod (a new bound method per call)
-        and for a receiver a tracing library wrapped, and disconnecting it for
-        one sender or dispatch_uid leaves its other connections alone.
-        """
+class Connections:
+    """Which of a dispatch's live receivers are still connected, as it goes on.
+
+    A receiver whose disconnect() has returned is not called any more, not
+    even by a dispatch under way. Decided by the lookup key it was connected
+    under, as disconnect() decides: identity fails for a WeakMethod (a new
+    bound method per call) and for a receiver a tracing library wrapped, and
+    disconnecting it for one sender or dispatch_uid leaves its other
+    connections alone.
+    """
+
+    __slots__ = ("disconnections", "entries", "keys", "sender", "signal")
+
+    def __init__(self, signal: StructuredSignal, sender: Any) -> None:
+        self.signal = signal
+        self.sender = sender
+        self.disconnections = signal._disconnections
+        # Invariant: made right after `live_receivers()`, so `entries` is the
+        # `signal.receivers` they were looked up from (a copy: Django edits
+        # the list in place); `keys`, their lookup keys, is read from it only
+        # once a disconnect() happened during the dispatch.
+        self.entries = signal.receivers.copy()
+        self.keys: tuple[list[LookupKey], list[LookupKey]] | None = None
+
+    def still_connected(self, index: int, *, asynchronous: bool) -> bool:
+        """False once the disconnect() of the `index`th sync or async receiver has returned."""
         if self.signal._disconnections == self.disconnections:
             return True
         if self.keys is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import math
 from typing import TYPE_CHECKING, Any, get_args
@@ -10,8 +11,15 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.dispatch import Signal
 from django.dispatch.dispatcher import NO_RECEIVERS
 
-from structured_signals._compat import live_receivers
-from structured_signals._dispatch import ContextMode, Dispatch, Responses
+from structured_signals._compat import SENDS_FROM_A_COMPREHENSION, live_receivers
+from structured_signals._dispatch import (
+    Connections,
+    ContextMode,
+    Dispatch,
+    Responses,
+    _awaitable_from_sync_receiver,
+    _log_failure,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -92,10 +100,13 @@ class StructuredSignal(Signal):
         self.context = context
         self.on_conflict = on_conflict
         self.timeout = timeout
+        # Read before each sync receiver by send(): an instance attribute is
+        # the quickest to read. (_configure runs once per signal object.)
+        self._disconnections = 0
 
     # Invariant: bumped by every disconnect() that removed a receiver, before
     # it returns, so that a dispatch under way can tell it must check again.
-    _disconnections = 0
+    _disconnections: int
 
     def connect(self, receiver: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Connect `receiver`, as Django does, but refuse a non-callable always.
@@ -128,17 +139,91 @@ class StructuredSignal(Signal):
             self._disconnections += 1
         return disconnected
 
-    def send(self, sender: Any, **named: Any) -> Responses:
-        """Send the signal from sync code; async receivers run via async_to_sync.
+    # send() and send_robust() call their sync receivers themselves, in the
+    # caller's own context and from the frame Django's own calls them from:
+    # a receiver's writes are the caller's as they happen (a ContextVar token
+    # set by one send()'s receiver can be reset by a later one's), and a
+    # `warnings.warn(stacklevel=...)` in it counts the frames Django's does.
+    # Only the async receivers go through a Dispatch, merged back as usual.
+    if SENDS_FROM_A_COMPREHENSION:
 
-        Returns [(receiver, response), ...]: sync receivers first, then async
-        ones, each in connection order. The first error propagates.
-        """
-        return self._send(sender, named, robust=False)
+        def send(self, sender: Any, **named: Any) -> Responses:
+            """Send the signal from sync code; async receivers run via async_to_sync.
+
+            Returns [(receiver, response), ...]: sync receivers first, then
+            async ones, each in connection order. The first error propagates.
+            """
+            if not self.receivers or self.sender_receivers_cache.get(sender) is NO_RECEIVERS:
+                return []
+            sync_receivers, async_receivers = live_receivers(self, sender)
+            connections = Connections(self, sender)
+            disconnections = connections.disconnections
+            responses = [
+                (receiver, _sync_response(receiver, receiver(signal=self, sender=sender, **named)))
+                for index, receiver in enumerate(sync_receivers)
+                if self._disconnections == disconnections
+                or connections.still_connected(index, asynchronous=False)
+            ]
+            if async_receivers:
+                dispatch = Dispatch(self, sender, named, robust=False, connections=connections)
+                responses += dispatch.run_from_sync(async_receivers)
+            return responses
+
+    else:
+
+        def send(self, sender: Any, **named: Any) -> Responses:
+            """Send the signal from sync code; async receivers run via async_to_sync.
+
+            Returns [(receiver, response), ...]: sync receivers first, then
+            async ones, each in connection order. The first error propagates.
+            """
+            if not self.receivers or self.sender_receivers_cache.get(sender) is NO_RECEIVERS:
+                return []
+            sync_receivers, async_receivers = live_receivers(self, sender)
+            connections = Connections(self, sender)
+            disconnections = connections.disconnections
+            responses: Responses = []
+            for index, receiver in enumerate(sync_receivers):
+                if self._disconnections != disconnections and not connections.still_connected(
+                    index, asynchronous=False
+                ):
+                    continue
+                response = receiver(signal=self, sender=sender, **named)
+                if response is not None and inspect.isawaitable(response):
+                    raise _awaitable_from_sync_receiver(receiver, response)
+                responses.append((receiver, response))
+            if async_receivers:
+                dispatch = Dispatch(self, sender, named, robust=False, connections=connections)
+                responses += dispatch.run_from_sync(async_receivers)
+            return responses
 
     def send_robust(self, sender: Any, **named: Any) -> Responses:
         """Like `send`, but a receiver's Exception becomes its response."""
-        return self._send(sender, named, robust=True)
+        if not self.receivers or self.sender_receivers_cache.get(sender) is NO_RECEIVERS:
+            return []
+        sync_receivers, async_receivers = live_receivers(self, sender)
+        connections = Connections(self, sender)
+        disconnections = connections.disconnections
+        responses: Responses = []
+        for index, receiver in enumerate(sync_receivers):
+            if self._disconnections != disconnections and not connections.still_connected(
+                index, asynchronous=False
+            ):
+                continue
+            try:
+                response = receiver(signal=self, sender=sender, **named)
+                if response is not None and inspect.isawaitable(response):
+                    raise _awaitable_from_sync_receiver(receiver, response)
+            # A sync receiver's CancelledError is its own: nothing cancels it.
+            except (Exception, asyncio.CancelledError) as err:  # noqa: BLE001 -- answered
+                _log_failure(receiver, err)
+                responses.append((receiver, err))
+            else:
+                responses.append((receiver, response))
+        if async_receivers:
+            dispatch = Dispatch(self, sender, named, robust=True, connections=connections)
+            responses += dispatch.run_from_sync(async_receivers)
+        return responses
 
     async def asend(self, sender: Any, **named: Any) -> Responses:
         """Send the signal from async code; sync receivers run via sync_to_async.
@@ -152,13 +237,6 @@ class StructuredSignal(Signal):
     async def asend_robust(self, sender: Any, **named: Any) -> Responses:
         """Like `asend`, but a receiver's Exception becomes its response."""
         return await self._asend(sender, named, robust=True)
-
-    def _send(self, sender: Any, named: dict[str, Any], *, robust: bool) -> Responses:
-        if not self.receivers or self.sender_receivers_cache.get(sender) is NO_RECEIVERS:
-            return []
-        sync_receivers, async_receivers = live_receivers(self, sender)
-        dispatch = Dispatch(self, sender, named, robust=robust)
-        return dispatch.run_from_sync(sync_receivers, async_receivers)
 
     def _asend(
         self, sender: Any, named: dict[str, Any], *, robust: bool
@@ -174,6 +252,13 @@ class StructuredSignal(Signal):
 
 async def _no_responses() -> Responses:
     return []
+
+
+def _sync_response(receiver: Callable[..., Any], response: Any) -> Any:
+    """`response`, unless it is an awaitable a sync receiver returned by mistake."""
+    if response is not None and inspect.isawaitable(response):
+        raise _awaitable_from_sync_receiver(receiver, response)
+    return response
 
 
 def _calls_async(receiver: Callable[..., Any]) -> bool:

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 
 import uvloop
 
+from structured_signals._compat import local_attributes
+
 T = TypeVar("T")
 
 Runner = Callable[[Coroutine[Any, Any, Any]], Any]
@@ -99,6 +101,27 @@ def assert_context_is(before: dict[contextvars.ContextVar[Any], Any]) -> None:
     assert now.keys() == before.keys()
     changed = [variable.name for variable, value in now.items() if value is not before[variable]]
     assert not changed, f"changed: {changed}"
+
+
+def assert_context_is_as_written(
+    before: dict[contextvars.ContextVar[Any], Any], expected: contextvars.Context
+) -> None:
+    """The current context holds `before`'s objects, except where `expected`
+    (a copy of `before` written to) holds others: there, equal values, a
+    Local's attributes compared one by one."""
+    now, wanted_values = snapshot(), dict(expected)
+    assert now.keys() == wanted_values.keys()
+    for variable, value in now.items():
+        wanted = wanted_values[variable]
+        if variable in before and wanted is before[variable]:
+            assert value is wanted, f"changed: {variable.name}"
+        else:
+            assert _readable(variable, value) == _readable(variable, wanted), variable.name
+
+
+def _readable(variable: contextvars.ContextVar[Any], value: object) -> object:
+    attributes = local_attributes(variable, value)
+    return value if attributes is None else dict(attributes)
 
 
 async def asend_checking_context_when_cancelled(signal: Any) -> None:

@@ -7,8 +7,10 @@ import contextvars
 import functools
 import gc
 import logging
+import sys
 import threading
 import traceback
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import django
@@ -23,10 +25,12 @@ from support import (
     Runner,
     asend_checking_context_when_cancelled,
     assert_context_is,
+    assert_context_is_as_written,
     in_plain_thread,
     snapshot,
 )
 
+import structured_signals._signal
 from structured_signals import MISSING, Conflict, ContextConflictError, StructuredSignal, upgrade
 from structured_signals._compat import BaseExceptionGroup
 
@@ -83,9 +87,15 @@ def assert_dispatch_raises_and_merges_nothing(
     method: str,
     error: type[BaseException],
     prepare: Callable[[], dict[contextvars.ContextVar[Any], Any]] = snapshot,
+    sync_receivers_wrote: Callable[[], object] = lambda: None,
 ) -> None:
     """Dispatching through `method` raises `error`, and the caller's context
-    stays exactly as `prepare` left it, with no task left behind."""
+    stays exactly as `prepare` left it, with no task left behind.
+
+    Except, for a sync `send()`, what its sync receivers wrote in the caller's
+    own context as they ran, as under Django: `sync_receivers_wrote` writes it
+    into the expected context.
+    """
 
     async def async_caller() -> None:
         before = prepare()
@@ -96,9 +106,11 @@ def assert_dispatch_raises_and_merges_nothing(
 
     def sync_caller() -> None:
         before = prepare()
+        expected = contextvars.copy_context()
+        expected.run(sync_receivers_wrote)
         with pytest.raises(error):
             getattr(signal, method)(sender=None)
-        assert_context_is(before)
+        assert_context_is_as_written(before, expected)
 
     if method.startswith("a"):
         run(async_caller())
@@ -318,16 +330,19 @@ def test_a_value_whose_comparisons_raise_does_not_break_dispatch(
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("method", ["send", "asend"])
 @pytest.mark.parametrize("failing", ["sync", "async"])
-def test_a_dispatch_that_raises_merges_nothing(
+def test_a_dispatch_that_raises_merges_nothing_but_a_sends_sync_receivers_wrote_as_they_ran(
     run: Runner, method: str, mode: str, failing: str
 ) -> None:
     signal = StructuredSignal(context=mode)  # type: ignore[arg-type]
 
     def sync_receiver(**kwargs: Any) -> None:
-        request_id.set("sync")
-        request_state.user_id = 1
+        write_sync_values()
         if failing == "sync":
             raise ReceiverError
+
+    def write_sync_values() -> None:
+        request_id.set("sync")
+        request_state.user_id = 1
 
     async def async_receiver(**kwargs: Any) -> None:
         user.set("async")
@@ -343,7 +358,9 @@ def test_a_dispatch_that_raises_merges_nothing(
         request_state.user_id = 0
         return snapshot()
 
-    assert_dispatch_raises_and_merges_nothing(run, signal, method, ReceiverError, prepare)
+    assert_dispatch_raises_and_merges_nothing(
+        run, signal, method, ReceiverError, prepare, sync_receivers_wrote=write_sync_values
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -449,7 +466,7 @@ def test_robust_dispatch_returns_each_exception_as_its_response_without_cancelli
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("method", ["send_robust", "asend_robust"])
-def test_robust_dispatch_drops_a_failed_receivers_writes_if_isolated_and_keeps_them_if_shared(
+def test_robust_dispatch_drops_a_failed_receivers_writes_if_isolated_but_send_robusts_sync_ones(
     run: Runner, method: str, mode: str
 ) -> None:
     signal = StructuredSignal(context=mode)  # type: ignore[arg-type]
@@ -483,7 +500,10 @@ def test_robust_dispatch_drops_a_failed_receivers_writes_if_isolated_and_keeps_t
 
     _, seen = dispatch_and_read(run, signal, method, read)
     if mode == "isolated":
-        assert seen == (None, "from working sync", None, None, 3)
+        # send_robust() calls its sync receivers in the caller's own context,
+        # as Django does: what they write is the caller's as it happens.
+        failed_sync_write = "from failing sync" if method == "send_robust" else None
+        assert seen == (failed_sync_write, "from working sync", None, None, 3)
     else:
         # As in Django 6.1: the failed receivers wrote in the shared context.
         failed_writes = ("from failing sync", "from failing async", "from failing async")
@@ -893,7 +913,9 @@ def test_a_dispatch_past_its_timeout_cancels_its_receivers_merges_nothing_and_ra
     for connected in (sync_receiver, fast, slow):
         signal.connect(connected)
 
-    assert_dispatch_raises_and_merges_nothing(run, signal, method, TimeoutError)
+    assert_dispatch_raises_and_merges_nothing(
+        run, signal, method, TimeoutError, sync_receivers_wrote=lambda: request_id.set("sync")
+    )
     assert cancelled == ["slow"]
 
 
@@ -1416,3 +1438,213 @@ def test_a_receivers_exception_reaches_the_caller_with_its_own_cause_context_and
         assert isinstance(stock_error.__context__, BaseExceptionGroup)
     else:
         assert stock_error.__context__ is causes.context
+
+
+# Sync send()/send_robust() (SPEC 3.1, revision 2): sync receivers are called
+# in the caller's own context, from as many frames as Django's own send(), so
+# each case below holds for a plain django.dispatch.Signal as for ours.
+SIGNAL_KINDS = ("django", *MODES)
+SYNC_METHODS = ("send", "send_robust")
+
+
+def make_signal(kind: str, use_caching: bool = False) -> dispatch.Signal:
+    if kind == "django":
+        return dispatch.Signal(use_caching=use_caching)
+    return StructuredSignal(use_caching=use_caching, context=kind)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", SIGNAL_KINDS)
+@pytest.mark.parametrize("method", SYNC_METHODS)
+def test_a_token_set_by_one_sends_receiver_is_reset_by_a_later_sends_receiver_as_under_django(
+    method: str, kind: str
+) -> None:
+    # WSGI: request_started's receiver sets, request_finished's resets.
+    started, finished = make_signal(kind), make_signal(kind)
+    tokens: list[contextvars.Token[str]] = []
+
+    def open_request(**kwargs: Any) -> None:
+        tokens.append(request_id.set("req-1"))
+
+    def close_request(**kwargs: Any) -> None:
+        request_id.reset(tokens.pop())
+
+    async def also_async(**kwargs: Any) -> None:
+        user.set("alice")
+
+    started.connect(open_request)
+    finished.connect(close_request)
+    if kind != "django":  # Django 4.2 would not await it
+        started.connect(also_async)
+
+    def request() -> tuple[object, ...]:
+        getattr(started, method)(sender=None)
+        during = request_id.get("<unset>")
+        responses = getattr(finished, method)(sender=None)
+        return during, request_id.get("<unset>"), responses
+
+    during, after, responses = in_plain_thread(request)
+    assert (during, after) == ("req-1", "<unset>")
+    assert responses == [(close_request, None)]  # send_robust answered no ValueError
+
+
+def receiver_warning_and_depth(
+    signal: dispatch.Signal, method: str, stacklevel: int
+) -> tuple[tuple[str, int], int]:
+    """The (file, line) of a warning a receiver raises with `stacklevel`, and
+    how many frames lie between the receiver and this function."""
+    depths: list[int] = []
+    caller = sys._getframe().f_code
+
+    def warns(**kwargs: Any) -> None:
+        frame, depth = sys._getframe(), 0
+        while frame.f_code is not caller:
+            frame, depth = frame.f_back, depth + 1  # type: ignore[assignment]
+        depths.append(depth)
+        warnings.warn("from a receiver", UserWarning, stacklevel=stacklevel)
+
+    signal.connect(warns)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        getattr(signal, method)(sender=None)  # where a warning counted for Django's lands
+    (warning,) = caught
+    return (warning.filename, warning.lineno), depths[0]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", SYNC_METHODS)
+@pytest.mark.parametrize("stacklevel", [1, 2, 3, 4])
+def test_a_receivers_warning_stacklevel_points_where_it_does_under_djangos_own_signal(
+    stacklevel: int, method: str, mode: str
+) -> None:
+    djangos, ours = (
+        receiver_warning_and_depth(make_signal(kind), method, stacklevel)
+        for kind in ("django", mode)
+    )
+    (djangos_place, djangos_depth), (our_place, our_depth) = djangos, ours
+    assert our_depth == djangos_depth
+    if djangos_place[0] == dispatch.dispatcher.__file__:
+        # A level that lands inside Django's send() lands inside ours.
+        assert our_place[0] == structured_signals._signal.__file__
+    else:
+        assert our_place == djangos_place
+    # Below 3.12, Django 4.2's send() calls receivers in a comprehension, a
+    # frame of its own: level 3 is its send(), 4 the caller.
+    caller_level = 4 if django.VERSION < (5, 0) and sys.version_info < (3, 12) else 3
+    if stacklevel == caller_level:
+        assert our_place[0] == __file__
+
+
+def test_djangos_complex_setting_warning_points_at_the_override_settings_line_when_upgraded() -> (
+    None
+):
+    from django.test import override_settings
+    from django.test.signals import setting_changed
+
+    original = type(setting_changed)
+    places = []
+    try:
+        for structured in (False, True):
+            if structured:
+                upgrade(setting_changed)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                line = sys._getframe().f_lineno + 1
+                with override_settings(DATABASES={}):
+                    pass
+            (warning,) = (w for w in caught if "DATABASES" in str(w.message))
+            places.append((warning.filename, warning.lineno))
+    finally:
+        setting_changed.__class__ = original
+    assert places == [(__file__, line)] * 2
+
+
+@pytest.mark.parametrize("kind", SIGNAL_KINDS)
+@pytest.mark.parametrize("method", SYNC_METHODS)
+def test_a_failing_sends_sync_receivers_writes_stay_in_the_caller_as_under_django(
+    method: str, kind: str
+) -> None:
+    signal = make_signal(kind)
+
+    def writes(**kwargs: Any) -> None:
+        request_id.set("written")
+        request_state.user_id = 5
+
+    def fails(**kwargs: Any) -> None:
+        raise ReceiverError
+
+    signal.connect(writes)
+    signal.connect(fails)
+
+    def caller() -> tuple[object, object]:
+        try:
+            getattr(signal, method)(sender=None)
+        except ReceiverError:
+            assert method == "send"
+        return request_id.get(None), getattr(request_state, "user_id", None)
+
+    assert in_plain_thread(caller) == ("written", 5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", SYNC_METHODS)
+def test_a_send_nested_in_a_sync_receiver_writes_into_the_callers_context_as_it_runs(
+    method: str, mode: str
+) -> None:
+    outer, inner = StructuredSignal(context=mode), StructuredSignal(context=mode)  # type: ignore[arg-type]
+    seen_by_later_receiver: list[tuple[object, object]] = []
+
+    def sets_user(**kwargs: Any) -> None:
+        user.set("alice")
+
+    async def sets_tenant(**kwargs: Any) -> None:
+        await asyncio.sleep(0)
+        request_state.tenant = "acme"
+
+    def sends_inner(**kwargs: Any) -> None:
+        getattr(inner, method)(sender=None)
+
+    def reads(**kwargs: Any) -> None:
+        seen_by_later_receiver.append((user.get(None), getattr(request_state, "tenant", None)))
+
+    inner.connect(sets_user)
+    inner.connect(sets_tenant)
+    outer.connect(sends_inner)
+    outer.connect(reads)
+
+    def caller() -> tuple[object, object]:
+        getattr(outer, method)(sender=None)
+        return user.get(None), getattr(request_state, "tenant", None)
+
+    assert in_plain_thread(caller) == ("alice", "acme")
+    assert seen_by_later_receiver == [("alice", "acme")]
+
+
+@pytest.mark.parametrize("use_caching", [False, True])
+@pytest.mark.parametrize("method", SYNC_METHODS)
+def test_a_sync_send_filters_receivers_by_sender_as_django_does(
+    method: str, use_caching: bool
+) -> None:
+    class Ordered:
+        pass
+
+    class Shipped:
+        pass
+
+    def for_any(**kwargs: Any) -> str:
+        return "any"
+
+    def for_ordered(**kwargs: Any) -> str:
+        return "ordered"
+
+    answers = {}
+    for kind in SIGNAL_KINDS:
+        signal = make_signal(kind, use_caching)
+        signal.connect(for_any)
+        signal.connect(for_ordered, sender=Ordered)
+        send = getattr(signal, method)
+        answers[kind] = [
+            [response for _, response in send(sender=sender)]
+            for sender in (Ordered, Shipped, Ordered, Shipped)  # twice: the cache too
+        ]
+    assert answers["django"] == [["any", "ordered"], ["any"]] * 2
+    assert answers["shared"] == answers["isolated"] == answers["django"]
