@@ -245,6 +245,21 @@ class _Stepped(Coroutine[Any, Any, _T]):
     def close(self) -> None:
         self._coroutine.close()
 
+    # What introspection reads of a task's coroutine (asyncio's
+    # capture_call_graph() from Python 3.14) is the receiver's: its frames
+    # and what it awaits, as in a task of its own.
+    @property
+    def cr_await(self) -> Any:
+        return self._coroutine.cr_await
+
+    @property
+    def cr_frame(self) -> Any:
+        return self._coroutine.cr_frame
+
+    @property
+    def cr_running(self) -> bool:
+        return self._coroutine.cr_running
+
     def __await__(self) -> Generator[Any, Any, _T]:
         # No __next__: a task then calls send() itself, not through it.
         raise TypeError("a receiver's journaled coroutine is run by its task, never awaited")

@@ -30,7 +30,7 @@ from support import (
 
 from structured_signals import ContextConflictError, StructuredSignal
 from structured_signals._compat import BaseExceptionGroup, TaskGroup
-from structured_signals._dispatch import describe
+from structured_signals._dispatch import ContextMode, describe
 
 VARIABLES = [contextvars.ContextVar[int](f"slot{i}") for i in range(3)]
 LOCAL = Local()
@@ -442,11 +442,14 @@ def test_every_async_receiver_runs_in_a_task_of_its_own_even_alone(
     assert len(set(tasks)) == len(tasks)
 
 
+@pytest.mark.parametrize("mode", ["shared", "isolated"])
 @pytest.mark.parametrize("timeout", [None, 5.0])
 def test_a_suspended_receivers_task_shows_the_callers_task_as_its_awaiter_from_python_3_14(
-    run: Runner, timeout: float | None
+    run: Runner, timeout: float | None, mode: ContextMode
 ) -> None:
-    signal = StructuredSignal(timeout=timeout)
+    # Shared mode runs each receiver's coroutine through the write journal:
+    # the call graph still shows the receiver's own frames.
+    signal = StructuredSignal(timeout=timeout, context=mode)
     resume = Flag()
     waiting: list[asyncio.Task[Any] | None] = []
     graphs: dict[str, Any] = {}
