@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextvars
 import types
 from collections.abc import Coroutine, Generator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from structured_signals._compat import mapping_of
 from structured_signals._context import changes, read
@@ -220,7 +220,8 @@ class _Stepped(Coroutine[Any, Any, _T]):
     def __init__(self, journal: Journal, index: int, coroutine: Coroutine[Any, Any, _T]) -> None:
         self._journal = journal
         self._index = index
-        self._coroutine = coroutine
+        # An `async def`'s coroutine (the dispatch's per-receiver call()).
+        self._coroutine = cast("types.CoroutineType[Any, Any, _T]", coroutine)
 
     def send(self, value: Any) -> Any:
         try:
