@@ -96,7 +96,7 @@ class Dispatch:
         named: dict[str, Any],
         *,
         robust: bool,
-        connections: Connections | None = None,
+        connections: Connections,
     ) -> None:
         self.signal = signal
         self.sender = sender
@@ -105,8 +105,7 @@ class Dispatch:
         self.isolated = signal.context == "isolated"
         self.on_conflict = signal.on_conflict
         self.timeout = signal.timeout
-        # Made right after `live_receivers()`, unless send() made it then.
-        self.connections = connections or Connections(signal, sender)
+        self.connections = connections
         # Invariant: set once the caller stopped waiting for the sync
         # receivers' thread; the ones that had not started then never start.
         self.abandoned = False
@@ -151,7 +150,7 @@ class Dispatch:
         for index, receiver in enumerate(receivers):
             if self.abandoned:
                 return
-            if not self.connections.still_connected(index, asynchronous=False):
+            if not self.connections.still_connected(index, False):
                 continue
             attempt = context.copy()
             try:
@@ -231,13 +230,11 @@ class Dispatch:
         each_deadline, group_deadline = (deadline, None) if self.robust else (None, deadline)
         signal, sender, named = self.signal, self.sender, self.named
         connections = self.connections
-        disconnections = connections.disconnections
+        edits = connections.edits
 
         async def call(index: int, receiver: Receiver) -> None:
             # The common case of still_connected() inline: this runs once per receiver.
-            if signal._disconnections != disconnections and not connections.still_connected(
-                index, asynchronous=True
-            ):
+            if signal._edits != edits and not connections.still_connected(index, True):
                 skipped[index] = True
                 return
             try:
@@ -357,22 +354,25 @@ class Connections:
     connections alone.
     """
 
-    __slots__ = ("disconnections", "entries", "keys", "sender", "signal")
+    __slots__ = ("edits", "entries", "keys", "sender", "signal")
 
-    def __init__(self, signal: StructuredSignal, sender: Any) -> None:
+    def __init__(
+        self, signal: StructuredSignal, sender: Any, edits: int, entries: list[Any]
+    ) -> None:
+        """`edits`, `entries` and the receivers: as `signal._look_up(sender)` gave them."""
         self.signal = signal
         self.sender = sender
-        self.disconnections = signal._disconnections
-        # Invariant: made right after `live_receivers()`, so `entries` is the
-        # `signal.receivers` they were looked up from (a copy: Django edits
-        # the list in place); `keys`, their lookup keys, is read from it only
-        # once a disconnect() happened during the dispatch.
-        self.entries = signal.receivers.copy()
+        self.edits = edits
+        # Invariant: `entries` is the `signal.receivers` list the dispatch's
+        # receivers were looked up from, which nobody edits any more but for
+        # appending; `keys`, their lookup keys, is read from it only once a
+        # connect() or disconnect() happened during the dispatch.
+        self.entries = entries
         self.keys: tuple[list[LookupKey], list[LookupKey]] | None = None
 
-    def still_connected(self, index: int, *, asynchronous: bool) -> bool:
+    def still_connected(self, index: int, asynchronous: bool) -> bool:
         """False once the disconnect() of the `index`th sync or async receiver has returned."""
-        if self.signal._disconnections == self.disconnections:
+        if self.signal._edits == self.edits:
             return True
         if self.keys is None:
             self.keys = live_keys(self.entries, self.sender)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.dispatch import Signal
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ("StructuredSignal", "upgrade")
 
+_T = TypeVar("_T")
 _CONTEXT_MODES: tuple[str, ...] = get_args(ContextMode)
 _CONFLICT_POLICIES = ("raise", "first", "last")
 
@@ -102,11 +103,12 @@ class StructuredSignal(Signal):
         self.timeout = timeout
         # Read before each sync receiver by send(): an instance attribute is
         # the quickest to read. (_configure runs once per signal object.)
-        self._disconnections = 0
+        self._edits = 0
 
-    # Invariant: bumped by every disconnect() that removed a receiver, before
-    # it returns, so that a dispatch under way can tell it must check again.
-    _disconnections: int
+    # Invariant: odd while a connect() or disconnect() is under way, and
+    # bumped past it when it returns, so that a dispatch can tell that the
+    # receivers it looked up may have changed (see `_look_up`).
+    _edits: int
 
     def connect(self, receiver: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """Connect `receiver`, as Django does, but refuse a non-callable always.
@@ -130,14 +132,41 @@ class StructuredSignal(Signal):
                     "(its class has __slots__): connect its bound method instead, "
                     "signal.connect(obj.__call__)."
                 ) from None
-        super().connect(receiver, *args, **kwargs)
+        self._edit(super().connect, receiver, *args, **kwargs)
 
     def disconnect(self, *args: Any, **kwargs: Any) -> bool:
         """Disconnect as Django does; a dispatch under way then skips the receiver."""
-        disconnected: bool = super().disconnect(*args, **kwargs)
-        if disconnected:
-            self._disconnections += 1
+        disconnected: bool = self._edit(super().disconnect, *args, **kwargs)
         return disconnected
+
+    def _edit(self, edit: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        """Run Django's connect() or disconnect(), telling dispatches under way."""
+        with self.lock:
+            self._edits += 1
+            # Invariant: Django edits `receivers` in place; a dispatch under way
+            # keeps the list it looked its receivers up from, and this one
+            # is not edited by anyone any more.
+            self.receivers = self.receivers.copy()
+        try:
+            return edit(*args, **kwargs)
+        finally:
+            with self.lock:
+                self._edits += 1
+
+    def _look_up(
+        self, sender: Any
+    ) -> tuple[int, list[Any], list[Callable[..., Any]], list[Callable[..., Any]]]:
+        """(edits, receivers' entries, sync receivers, async receivers) for `sender`.
+
+        The live receivers and the entries of `receivers` they were looked up
+        from, with no connect() or disconnect() in between: a dispatch decides
+        by their positions there which lookup key each was connected under.
+        """
+        while True:
+            edits, entries = self._edits, self.receivers
+            sync_receivers, async_receivers = live_receivers(self, sender)
+            if not edits & 1 and self._edits == edits:
+                return edits, entries, sync_receivers, async_receivers
 
     # send() and send_robust() call their sync receivers themselves, in the
     # caller's own context and from the frame Django's own calls them from:
@@ -155,16 +184,15 @@ class StructuredSignal(Signal):
             """
             if not self.receivers or self.sender_receivers_cache.get(sender) is NO_RECEIVERS:
                 return []
-            sync_receivers, async_receivers = live_receivers(self, sender)
-            connections = Connections(self, sender)
-            disconnections = connections.disconnections
+            edits, entries, sync_receivers, async_receivers = self._look_up(sender)
             responses = [
                 (receiver, _sync_response(receiver, receiver(signal=self, sender=sender, **named)))
                 for index, receiver in enumerate(sync_receivers)
-                if self._disconnections == disconnections
-                or connections.still_connected(index, asynchronous=False)
+                if self._edits == edits
+                or Connections(self, sender, edits, entries).still_connected(index, False)
             ]
             if async_receivers:
+                connections = Connections(self, sender, edits, entries)
                 dispatch = Dispatch(self, sender, named, robust=False, connections=connections)
                 responses += dispatch.run_from_sync(async_receivers)
             return responses
@@ -179,20 +207,20 @@ class StructuredSignal(Signal):
             """
             if not self.receivers or self.sender_receivers_cache.get(sender) is NO_RECEIVERS:
                 return []
-            sync_receivers, async_receivers = live_receivers(self, sender)
-            connections = Connections(self, sender)
-            disconnections = connections.disconnections
+            edits, entries, sync_receivers, async_receivers = self._look_up(sender)
             responses: Responses = []
+            connections = None  # made once a connect() or disconnect() happened
             for index, receiver in enumerate(sync_receivers):
-                if self._disconnections != disconnections and not connections.still_connected(
-                    index, asynchronous=False
-                ):
-                    continue
+                if self._edits != edits:
+                    connections = connections or Connections(self, sender, edits, entries)
+                    if not connections.still_connected(index, False):
+                        continue
                 response = receiver(signal=self, sender=sender, **named)
                 if response is not None and inspect.isawaitable(response):
                     raise _awaitable_from_sync_receiver(receiver, response)
                 responses.append((receiver, response))
             if async_receivers:
+                connections = connections or Connections(self, sender, edits, entries)
                 dispatch = Dispatch(self, sender, named, robust=False, connections=connections)
                 responses += dispatch.run_from_sync(async_receivers)
             return responses
@@ -201,15 +229,14 @@ class StructuredSignal(Signal):
         """Like `send`, but a receiver's Exception becomes its response."""
         if not self.receivers or self.sender_receivers_cache.get(sender) is NO_RECEIVERS:
             return []
-        sync_receivers, async_receivers = live_receivers(self, sender)
-        connections = Connections(self, sender)
-        disconnections = connections.disconnections
+        edits, entries, sync_receivers, async_receivers = self._look_up(sender)
         responses: Responses = []
+        connections = None  # made once a connect() or disconnect() happened
         for index, receiver in enumerate(sync_receivers):
-            if self._disconnections != disconnections and not connections.still_connected(
-                index, asynchronous=False
-            ):
-                continue
+            if self._edits != edits:
+                connections = connections or Connections(self, sender, edits, entries)
+                if not connections.still_connected(index, False):
+                    continue
             try:
                 response = receiver(signal=self, sender=sender, **named)
                 if response is not None and inspect.isawaitable(response):
@@ -221,6 +248,7 @@ class StructuredSignal(Signal):
             else:
                 responses.append((receiver, response))
         if async_receivers:
+            connections = connections or Connections(self, sender, edits, entries)
             dispatch = Dispatch(self, sender, named, robust=True, connections=connections)
             responses += dispatch.run_from_sync(async_receivers)
         return responses
@@ -245,8 +273,9 @@ class StructuredSignal(Signal):
         # coroutine less to go through.
         if not self.receivers or self.sender_receivers_cache.get(sender) is NO_RECEIVERS:
             return _no_responses()
-        sync_receivers, async_receivers = live_receivers(self, sender)
-        dispatch = Dispatch(self, sender, named, robust=robust)
+        edits, entries, sync_receivers, async_receivers = self._look_up(sender)
+        connections = Connections(self, sender, edits, entries)
+        dispatch = Dispatch(self, sender, named, robust=robust, connections=connections)
         return dispatch.run_from_async(sync_receivers, async_receivers)
 
 

@@ -1306,6 +1306,48 @@ def test_receivers_stay_called_after_another_receiver_disconnected_itself_mid_di
     assert handler.calls == ["sync", "async"]
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("method", METHODS)
+def test_receivers_looked_up_while_another_thread_disconnects_are_checked_by_their_own_keys(
+    run: Runner, method: str, kind: str
+) -> None:
+    # Another thread's disconnect() lands just as the dispatch has looked its
+    # receivers up: their lookup keys must come from the same receivers they
+    # were found in, or a disconnected receiver is taken for its neighbour.
+    disconnect_while_looking_up: list[Callable[[], object]] = []
+
+    class RacedSignal(StructuredSignal):
+        def _live_receivers(self, sender: Any) -> Any:
+            found = super()._live_receivers(sender)
+            if disconnect_while_looking_up:
+                in_plain_thread(disconnect_while_looking_up.pop())
+            return found
+
+    signal = RacedSignal()
+    called: list[str] = []
+
+    def receiver_of_the_kind(name: str) -> Callable[..., Any]:
+        def sync_receiver(**kwargs: Any) -> None:
+            called.append(name)
+
+        async def async_receiver(**kwargs: Any) -> None:
+            called.append(name)
+
+        return sync_receiver if kind == "sync" else async_receiver
+
+    gone, victim, bystander = map(receiver_of_the_kind, ["gone", "victim", "bystander"])
+
+    def disconnects(**kwargs: Any) -> None:
+        called.append("disconnects")
+        signal.disconnect(victim)
+
+    for connected in (gone, disconnects, victim, bystander):
+        signal.connect(connected)
+    disconnect_while_looking_up.append(lambda: signal.disconnect(gone))
+    dispatch_and_read(run, signal, method, lambda: None)
+    assert called == ["disconnects", "bystander"]
+
+
 class SenderA:
     pass
 
