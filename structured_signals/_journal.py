@@ -86,6 +86,10 @@ def steps_after(
             return result
 
 
+# (receiver index, copy before, copy after, copy as its previous step left it)
+_Step = tuple[int, contextvars.Context, contextvars.Context, "contextvars.Context | None"]
+
+
 class _Run:
     """One receiver's writes to one key, from its first to its last."""
 
@@ -125,18 +129,22 @@ class Journal:
         self._last = shared.copy()
         self._mapping = mapping_of(self._last)
         # Invariant: every step that changed the shared context, in the order
-        # they ran: (receiver index, copy before, copy after). What each
-        # changed is read only at the end, and only where needed.
-        self._steps: list[tuple[int, contextvars.Context, contextvars.Context]] = []
+        # they ran: (receiver index, copy before, copy after, copy as the
+        # receiver's previous step left it or None). What each changed is
+        # read only at the end, and only where needed.
+        self._steps: list[_Step] = []
 
     def stepped(self, index: int, coroutine: Coroutine[Any, Any, _T]) -> _Stepped[_T]:
         """`coroutine`, for receiver `index`'s task to run: its steps are noted here."""
         return _Stepped(self, index, coroutine)
 
-    def _note(self, index: int, mapping: object) -> None:
-        """Note that the step of receiver `index` that just ended wrote: it left `mapping`."""
+    def _note(self, index: int, mapping: object, seen: contextvars.Context | None) -> None:
+        """Note that the step of receiver `index` that just ended wrote: it left `mapping`.
+
+        `seen`: the context as the receiver's previous step left it.
+        """
         after = contextvars.copy_context()
-        self._steps.append((index, self._last, after))
+        self._steps.append((index, self._last, after, seen))
         self._last, self._mapping = after, mapping
 
     def writes(self) -> list[tuple[int, dict[Key, object]]]:
@@ -152,7 +160,7 @@ class Journal:
         steps = self._steps
         if not steps:
             return []
-        writers = {index for index, _, _ in steps}
+        writers = {step[0] for step in steps}
         if len(writers) == 1:
             # One writer: each key's value before its first write is the one
             # before the dispatch, so its net effects are one diff.
@@ -170,14 +178,21 @@ class Journal:
         return sorted(written.items())
 
 
-def _runs(
-    steps: list[tuple[int, contextvars.Context, contextvars.Context]],
-) -> dict[int, dict[Key, _Run]]:
-    """By receiver index, each key it changed, from the steps that wrote."""
+def _runs(steps: list[_Step]) -> dict[int, dict[Key, _Run]]:
+    """By receiver index, each key it changed, from the steps that wrote.
+
+    A step that puts back the value the receiver saw when it last suspended,
+    over a sibling's write it never saw, did not write the key: that is a
+    stale copy of the context set back, as asgiref's sync_to_async does
+    with every variable after its thread returns (an ORM call), and it must
+    not undo the sibling's write.
+    """
     runs: dict[int, dict[Key, _Run]] = {}
-    for number, (index, before, after) in enumerate(steps):
+    for number, (index, before, after, seen) in enumerate(steps):
         written = runs.setdefault(index, {})
         for key, value in changes(before, after).items():
+            if seen is not None and value is read(seen, key):
+                continue
             run = written.get(key)
             if run is None:
                 written[key] = _Run(number, read(before, key), value)
@@ -211,7 +226,7 @@ class _Stepped(Coroutine[Any, Any, _T]):
     resume per step.)
     """
 
-    __slots__ = ("_coroutine", "_index", "_journal")
+    __slots__ = ("_coroutine", "_index", "_journal", "_seen")
 
     # A step that wrote nothing is recognised in O(1), with no copy and no
     # diff; a step that wrote is noted with a copy (inline: this runs once
@@ -221,6 +236,9 @@ class _Stepped(Coroutine[Any, Any, _T]):
         self._journal = journal
         self._index = index
         self._coroutine = coroutine
+        # Invariant: the journal's context as this receiver's previous step
+        # left it (what it saw when it suspended); None before its first step.
+        self._seen: contextvars.Context | None = None
 
     def send(self, value: Any) -> Any:
         try:
@@ -229,7 +247,8 @@ class _Stepped(Coroutine[Any, Any, _T]):
             journal = self._journal
             mapping = mapping_of(journal._shared)
             if mapping is not journal._mapping:
-                journal._note(self._index, mapping)
+                journal._note(self._index, mapping, self._seen)
+            self._seen = journal._last
 
     def throw(self, error: Any, value: Any = None, traceback: Any = None) -> Any:
         try:
@@ -240,7 +259,8 @@ class _Stepped(Coroutine[Any, Any, _T]):
             journal = self._journal
             mapping = mapping_of(journal._shared)
             if mapping is not journal._mapping:
-                journal._note(self._index, mapping)
+                journal._note(self._index, mapping, self._seen)
+            self._seen = journal._last
 
     def close(self) -> None:
         self._coroutine.close()

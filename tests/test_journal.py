@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import decimal
+import threading
 import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ import django
 import pytest
 import sentry_sdk
 from asgiref.local import Local
+from asgiref.sync import sync_to_async
 from django.dispatch import Signal
 from django.utils import timezone, translation
 from hypothesis import given, settings
@@ -507,6 +509,43 @@ def test_a_step_that_writes_nothing_costs_no_diff(
     assert len(diffed) == 1
 
 
+ORM_LOCAL = Local()
+
+
+def test_a_receivers_sync_to_async_does_not_undo_a_siblings_write_made_while_its_thread_ran(
+    run: Runner,
+) -> None:
+    # asgiref copies the context into the thread and, once it returns, sets
+    # back every variable that differs: a sibling's write made meanwhile
+    # would be undone in the shared context. The thread's own writes count.
+    wrote = threading.Event()
+
+    def in_thread() -> None:
+        assert wrote.wait(5)
+        counter.set(7)
+
+    async def orm_like(**kwargs: Any) -> None:
+        await sync_to_async(in_thread)()
+
+    async def sibling(**kwargs: Any) -> None:
+        await asyncio.sleep(0)
+        user.set("alice")
+        ORM_LOCAL.language = "fr"
+        wrote.set()
+
+    signal = StructuredSignal()
+    signal.connect(orm_like)
+    signal.connect(sibling)
+
+    async def caller() -> tuple[str, str, int]:
+        user.set("caller")
+        ORM_LOCAL.language = "en"
+        await signal.asend(sender=None)
+        return user.get(), ORM_LOCAL.language, counter.get()
+
+    assert run(caller()) == ("alice", "fr", 7)
+
+
 # SPEC 3.8: the journal steps a receiver in its own task without showing.
 
 
@@ -695,9 +734,21 @@ class Trace:
         self.steps = 0
         # by receiver: slot -> [first step, last step, value before first, value after last]
         self.runs: list[dict[int | str, list[Any]]] = [{} for _ in range(receivers)]
+        # by receiver: each slot's value when it last suspended
+        self.seen: list[dict[int | str, object] | None] = [None] * receivers
+
+    def suspend(self, index: int) -> None:
+        self.seen[index] = {slot: read(slot) for slot in SLOTS}
 
     def close_step(self, index: int, before: dict[int | str, object]) -> None:
-        changed = [slot for slot, value in before.items() if read(slot) is not value]
+        seen = self.seen[index]
+        changed = [
+            slot
+            for slot, value in before.items()
+            if read(slot) is not value
+            # putting back what it saw, over a write it never saw, is no write
+            and (seen is None or read(slot) is not seen[slot])
+        ]
         if not changed:
             return
         self.steps += 1
@@ -716,6 +767,7 @@ def program_receiver(index: int, program: list[Op], trace: Trace) -> Any:
         for op in program:
             if op.kind == "await":
                 trace.close_step(index, before)
+                trace.suspend(index)
                 await asyncio.sleep(0)
                 before = {}
                 continue
