@@ -134,6 +134,17 @@ else:
     # The taskgroup backport takes its request back, as 3.13 does.
     ReceiverTaskGroup = EagerTaskGroup
 
+
+def cancels_its_tasks(group: TaskGroup) -> bool:
+    """Whether `group` has begun cancelling its tasks (a task failed, or its parent is cancelled).
+
+    Every TaskGroup (3.11-3.15, the backport) sets `_aborting` before it
+    cancels the first one, and never clears it.
+    """
+    aborting: bool = group._aborting  # type: ignore[attr-defined]
+    return aborting
+
+
 if TYPE_CHECKING:
     from django.core.handlers.asgi import ASGIHandler
     from django.dispatch import Signal
@@ -146,6 +157,7 @@ __all__ = (
     "ReceiverTaskGroup",
     "TaskGroup",
     "asgiref_carrier",
+    "cancels_its_tasks",
     "listen_for_disconnect",
     "live_keys",
     "live_receivers",
