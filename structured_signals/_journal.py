@@ -265,6 +265,25 @@ class _Stepped(Coroutine[Any, Any, _T]):
     def close(self) -> None:
         self._coroutine.close()
 
+    # What asyncio reads of a task's coroutine to show where it is suspended
+    # (Task.get_stack(), capture_call_graph(), `python -m asyncio pstree`,
+    # the task's repr): the receiver's, not the wrapper's.
+    @property
+    def cr_await(self) -> Any:
+        return getattr(self._coroutine, "cr_await", None)
+
+    @property
+    def cr_frame(self) -> Any:
+        return getattr(self._coroutine, "cr_frame", None)
+
+    @property
+    def cr_code(self) -> Any:
+        return getattr(self._coroutine, "cr_code", None)
+
+    @property
+    def cr_running(self) -> bool:
+        return bool(getattr(self._coroutine, "cr_running", False))
+
     def __await__(self) -> Generator[Any, Any, _T]:
         # No __next__: a task then calls send() itself, not through it.
         raise TypeError("a receiver's journaled coroutine is run by its task, never awaited")

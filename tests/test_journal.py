@@ -572,6 +572,41 @@ def test_a_journaled_receiver_runs_in_a_task_of_its_own(run: Runner) -> None:
     assert tasks[0] is tasks[2]
 
 
+def test_a_journaled_receivers_task_shows_where_it_is_suspended_as_a_task_of_its_own(
+    run: Runner,
+) -> None:
+    # What debuggers and `Task.print_stack()` read of a suspended task.
+    stacks: list[list[Any]] = []
+    waiting: list[asyncio.Task[Any]] = []
+    resume = Flag()
+
+    async def waits(**kwargs: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        waiting.append(task)
+        await resume.wait()
+
+    async def looks(**kwargs: Any) -> None:
+        await asyncio.sleep(0)  # past the eager first step
+        stacks.append([frame.f_code for frame in waiting[0].get_stack()])
+        awaited: Any = waiting[0].get_coro()
+        codes = []
+        while awaited is not None and hasattr(awaited, "cr_await"):
+            codes.append(awaited.cr_code)
+            awaited = awaited.cr_await
+        stacks.append(codes)
+        resume.set()
+
+    signal = StructuredSignal()
+    signal.connect(waits)
+    signal.connect(looks)
+    run(signal.asend(sender=None))
+    suspended_frames, awaited_coroutines = stacks
+    assert len(suspended_frames) == 1
+    assert suspended_frames[0] is awaited_coroutines[0]
+    assert waits.__code__ in awaited_coroutines
+
+
 def test_a_journaled_receivers_own_timeout_and_task_group_work_as_in_a_task(run: Runner) -> None:
     def make(name: str) -> Any:
         async def receiver(**kwargs: Any) -> str:
