@@ -152,6 +152,7 @@ if TYPE_CHECKING:
 
 __all__ = (
     "ASGIREF_VARIABLES",
+    "DEADLOCK_FLAG",
     "BaseExceptionGroup",
     "EagerTaskGroup",
     "ReceiverTaskGroup",
@@ -493,6 +494,13 @@ def _asgiref_variables() -> frozenset[contextvars.ContextVar[Any]]:
 # Invariant: these are asgiref's own bookkeeping (which thread runs sync code),
 # never request state; the merge leaves them where asgiref put them.
 ASGIREF_VARIABLES = _asgiref_variables()
+
+# Invariant: True in a context whose task is in a thread-sensitive
+# sync_to_async on asgiref's one shared thread (no ThreadSensitiveContext, no
+# async_to_sync above), which makes another such call from that context
+# raise "would deadlock". It means "this task", so receivers that share one
+# context must each have their own (`_journal._Stepped`).
+DEADLOCK_FLAG: contextvars.ContextVar[bool] = SyncToAsync.deadlock_context
 
 
 def asgiref_carrier() -> contextvars.Context:

@@ -18,7 +18,7 @@ import types
 from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from structured_signals._compat import mapping_of
+from structured_signals._compat import DEADLOCK_FLAG, mapping_of
 from structured_signals._context import changes, read
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ class Journal:
     receiver hands the merge.
     """
 
-    __slots__ = ("_last", "_mapping", "_shared", "_steps")
+    __slots__ = ("_deadlock_flag", "_last", "_mapping", "_shared", "_steps")
 
     def __init__(self, shared: contextvars.Context) -> None:
         # Invariant: only the receivers' tasks ever enter `shared`, and every
@@ -126,6 +126,8 @@ class Journal:
         # begins in is the one the previous step (of any receiver) ended in,
         # `_last` (a copy, never entered), whose mapping is `_mapping`.
         self._shared = shared
+        # asgiref's deadlock flag as the dispatch began: each receiver's first.
+        self._deadlock_flag = shared.get(DEADLOCK_FLAG, False)
         self._last = shared.copy()
         self._mapping = mapping_of(self._last)
         # Invariant: every step that changed the shared context, in the order
@@ -226,7 +228,7 @@ class _Stepped(Coroutine[Any, Any, _T]):
     resume per step.)
     """
 
-    __slots__ = ("_coroutine", "_index", "_journal", "_seen")
+    __slots__ = ("_coroutine", "_deadlock_flag", "_index", "_journal", "_seen")
 
     # A step that wrote nothing is recognised in O(1), with no copy and no
     # diff; a step that wrote is noted with a copy (inline: this runs once
@@ -239,11 +241,17 @@ class _Stepped(Coroutine[Any, Any, _T]):
         # Invariant: the journal's context as this receiver's previous step
         # left it (what it saw when it suspended); None before its first step.
         self._seen: contextvars.Context | None = None
+        # Invariant: asgiref's deadlock flag as this receiver's previous step
+        # left it, put back in the shared context before each of its steps.
+        self._deadlock_flag = journal._deadlock_flag
 
     def send(self, value: Any) -> Any:
+        if DEADLOCK_FLAG.get(False) is not self._deadlock_flag:
+            DEADLOCK_FLAG.set(self._deadlock_flag)
         try:
             return self._coroutine.send(value)
         finally:
+            self._deadlock_flag = DEADLOCK_FLAG.get(False)
             journal = self._journal
             mapping = mapping_of(journal._shared)
             if mapping is not journal._mapping:
@@ -251,11 +259,14 @@ class _Stepped(Coroutine[Any, Any, _T]):
             self._seen = journal._last
 
     def throw(self, error: Any, value: Any = None, traceback: Any = None) -> Any:
+        if DEADLOCK_FLAG.get(False) is not self._deadlock_flag:
+            DEADLOCK_FLAG.set(self._deadlock_flag)
         try:
             if value is None and traceback is None:
                 return self._coroutine.throw(error)
             return self._coroutine.throw(error, value, traceback)
         finally:
+            self._deadlock_flag = DEADLOCK_FLAG.get(False)
             journal = self._journal
             mapping = mapping_of(journal._shared)
             if mapping is not journal._mapping:

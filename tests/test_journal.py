@@ -546,6 +546,34 @@ def test_a_receivers_sync_to_async_does_not_undo_a_siblings_write_made_while_its
     assert run(caller()) == ("alice", "fr", 7)
 
 
+def test_receivers_sharing_a_context_can_each_be_in_sync_to_async_at_once_outside_a_request(
+    run: Runner,
+) -> None:
+    # No ThreadSensitiveContext (a script, an async test): asgiref runs
+    # thread-sensitive calls in one thread and flags the task that uses it,
+    # in its context. The flag is each receiver's own, as in a task of its
+    # own (Django 5.2's gather): the second one queues, it is no deadlock.
+    second_started = threading.Event()
+
+    def first_in_thread() -> str:
+        assert second_started.wait(5)
+        return "first"
+
+    async def first(**kwargs: Any) -> str:
+        return await sync_to_async(first_in_thread)()
+
+    async def second(**kwargs: Any) -> str:
+        await asyncio.sleep(0)
+        second_started.set()
+        return await sync_to_async(lambda: "second")()
+
+    signal = StructuredSignal()
+    signal.connect(first)
+    signal.connect(second)
+    responses = run(signal.asend(sender=None))
+    assert [response for _, response in responses] == ["first", "second"]
+
+
 # SPEC 3.8: the journal steps a receiver in its own task without showing.
 
 
