@@ -22,7 +22,7 @@ from structured_signals._compat import DEADLOCK_FLAG, mapping_of
 from structured_signals._context import changes, read
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Callable
 
     from structured_signals._context import Key
 
@@ -118,7 +118,7 @@ class Journal:
     receiver hands the merge.
     """
 
-    __slots__ = ("_deadlock_flag", "_last", "_mapping", "_shared", "_steps")
+    __slots__ = ("_deadlock_flag", "_last", "_mapping", "_shared", "_steps", "_wrapped")
 
     def __init__(self, shared: contextvars.Context) -> None:
         # Invariant: only the receivers' tasks ever enter `shared`, and every
@@ -128,6 +128,12 @@ class Journal:
         self._shared = shared
         # asgiref's deadlock flag as the dispatch began: each receiver's first.
         self._deadlock_flag = shared.get(DEADLOCK_FLAG, False)
+        # Invariant: True once a receiver's task runs its stepped coroutine
+        # inside a wrapper of the loop's task factory (Sentry's and
+        # OpenTelemetry's asyncio integrations), whose code runs in the shared
+        # context between the receivers' steps: what it writes there is set
+        # aside (`_set_aside`) at the start of the next step, never noted.
+        self._wrapped = False
         self._last = shared.copy()
         self._mapping = mapping_of(self._last)
         # Invariant: every step that changed the shared context, in the order
@@ -148,6 +154,12 @@ class Journal:
         after = contextvars.copy_context()
         self._steps.append((index, self._last, after, seen))
         self._last, self._mapping = after, mapping
+
+    def _set_aside(self) -> None:
+        """Take what was written in the shared context outside any receiver's step as it was."""
+        mapping = mapping_of(self._shared)
+        if mapping is not self._mapping:
+            self._last, self._mapping = contextvars.copy_context(), mapping
 
     def writes(self) -> list[tuple[int, dict[Key, object]]]:
         """(receiver index, what it hands the merge), in connection order.
@@ -246,6 +258,8 @@ class _Stepped(Coroutine[Any, Any, _T]):
         self._deadlock_flag = journal._deadlock_flag
 
     def send(self, value: Any) -> Any:
+        if self._journal._wrapped:
+            self._journal._set_aside()
         if DEADLOCK_FLAG.get(False) is not self._deadlock_flag:
             DEADLOCK_FLAG.set(self._deadlock_flag)
         try:
@@ -259,6 +273,8 @@ class _Stepped(Coroutine[Any, Any, _T]):
             self._seen = journal._last
 
     def throw(self, error: Any, value: Any = None, traceback: Any = None) -> Any:
+        if self._journal._wrapped:
+            self._journal._set_aside()
         if DEADLOCK_FLAG.get(False) is not self._deadlock_flag:
             DEADLOCK_FLAG.set(self._deadlock_flag)
         try:
@@ -296,5 +312,23 @@ class _Stepped(Coroutine[Any, Any, _T]):
         return bool(getattr(self._coroutine, "cr_running", False))
 
     def __await__(self) -> Generator[Any, Any, _T]:
-        # No __next__: a task then calls send() itself, not through it.
-        raise TypeError("a receiver's journaled coroutine is run by its task, never awaited")
+        """Step it from a task factory's wrapper that awaits it, as the task would.
+
+        (No __next__ on the class: a task then calls send() itself.)
+        """
+        self._journal._wrapped = True
+        message: Any = None
+        step: Callable[[Any], Any] = self.send
+        while True:
+            try:
+                yielded = step(message)
+            except StopIteration as stop:
+                result: _T = stop.value
+                return result
+            try:
+                message, step = (yield yielded), self.send
+            except GeneratorExit:
+                self.close()
+                raise
+            except BaseException as thrown:  # noqa: BLE001 -- handed on to the coroutine
+                message, step = thrown, self.throw

@@ -722,6 +722,59 @@ def test_a_journaled_receivers_exception_keeps_its_cause_context_and_traceback(
     assert frames[-1] == "chains"
 
 
+wrapper_scope: contextvars.ContextVar[str] = contextvars.ContextVar("wrapper_scope", default="")
+wrapper_span: contextvars.ContextVar[str] = contextvars.ContextVar("wrapper_span", default="")
+
+
+def awaiting_task_factory(previous: Any) -> Any:
+    """A task factory that runs each task's coroutine inside a wrapper awaiting it.
+
+    As Sentry's and OpenTelemetry's asyncio integrations do: the wrapper
+    sets variables of its own in the task's context, one around the await,
+    one for good (the task's context dies with the task).
+    """
+
+    def factory(loop: asyncio.AbstractEventLoop, coroutine: Any, **kwargs: Any) -> Any:
+        async def wrapper() -> Any:
+            token = wrapper_scope.set(f"{wrapper_scope.get()}+task")
+            wrapper_span.set(f"{wrapper_span.get()}+task")
+            try:
+                return await coroutine
+            finally:
+                wrapper_scope.reset(token)
+
+        if previous is None:
+            return asyncio.Task(wrapper(), loop=loop, **kwargs)
+        return previous(loop, wrapper(), **kwargs)
+
+    return factory
+
+
+def test_a_task_factory_that_awaits_a_journaled_receivers_coroutine_keeps_its_writes_apart(
+    run: Runner,
+) -> None:
+    def make(name: str) -> Any:
+        async def receiver(**kwargs: Any) -> str:
+            await asyncio.sleep(0)
+            if name == "1":
+                user.set("alice")
+            await asyncio.sleep(0)
+            return name
+
+        return receiver
+
+    signal = two_receivers(make)
+
+    async def caller() -> tuple[list[Any], str, str, str]:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(awaiting_task_factory(loop.get_task_factory()))
+        responses = await signal.asend(sender=None)
+        responded = [response for _, response in responses]
+        return responded, user.get(), wrapper_scope.get(), wrapper_span.get()
+
+    assert run(caller()) == (["1", "2"], "alice", "", "")
+
+
 def test_a_keyboard_interrupt_in_a_journaled_receiver_leaves_the_loop(run: Runner) -> None:
     def make(name: str) -> Any:
         async def receiver(**kwargs: Any) -> None:
