@@ -175,9 +175,10 @@ class Journal:
         if not steps:
             return []
         writers = {step[0] for step in steps}
-        if len(writers) == 1:
+        if len(writers) == 1 and not self._wrapped:
             # One writer: each key's value before its first write is the one
-            # before the dispatch, so its net effects are one diff.
+            # before the dispatch, so its net effects are one diff (unless
+            # something was set aside between its steps).
             changed = changes(steps[0][1], steps[-1][2])
             return [(writers.pop(), changed)] if changed else []
         net_writers: dict[Key, list[tuple[int, _Run]]] = {}

@@ -755,6 +755,8 @@ def test_a_task_factory_that_awaits_a_journaled_receivers_coroutine_keeps_its_wr
 ) -> None:
     def make(name: str) -> Any:
         async def receiver(**kwargs: Any) -> str:
+            if name == "1":
+                user.set("bob")
             await asyncio.sleep(0)
             if name == "1":
                 user.set("alice")
