@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import decimal
 import threading
@@ -23,7 +24,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import get_current_span
-from support import LOOP_FACTORIES, Flag, Runner, in_plain_thread, runner
+from support import (
+    LOOP_FACTORIES,
+    Flag,
+    Runner,
+    asend_checking_context_when_cancelled,
+    in_plain_thread,
+    runner,
+)
 
 import structured_signals._journal
 from structured_signals import MISSING, Conflict, ContextConflictError, StructuredSignal
@@ -688,6 +696,88 @@ def test_a_cancellation_is_thrown_into_a_journaled_receiver_which_cleans_up(run:
         return span.get()
 
     assert run(caller()) == "request"
+    assert sorted(cleaned) == ["1", "2"]
+
+
+CANCEL_POINTS = [
+    "sleep",
+    "sync_to_async",
+    "async generator",
+    "async with",
+    "nested dispatch",
+    "nested receiver",
+]
+
+
+@pytest.mark.parametrize("point", CANCEL_POINTS)
+def test_the_caller_cancelled_at_any_await_of_a_journaled_receiver_merges_nothing_leaves_no_task(
+    run: Runner, point: str
+) -> None:
+    cleaned: list[str] = []
+    dispatches: list[asyncio.Future[Any]] = []
+
+    def reached(where: str) -> None:
+        if where == point:
+            dispatches[0].cancel()
+
+    inner = StructuredSignal()
+
+    async def nested_receiver(**kwargs: Any) -> None:
+        user.set("nested")
+        reached("nested receiver")
+        await asyncio.sleep(0)
+
+    inner.connect(nested_receiver)
+
+    async def numbers() -> Any:
+        for number in range(2):
+            reached("async generator")
+            await asyncio.sleep(0)
+            yield number
+
+    @contextlib.asynccontextmanager
+    async def entered() -> Any:
+        token = span.set("entered")
+        reached("async with")
+        await asyncio.sleep(0)
+        try:
+            yield
+        finally:
+            span.reset(token)
+
+    def make(name: str) -> Any:
+        async def receiver(**kwargs: Any) -> None:
+            try:
+                counter.set(int(name))
+                reached("sleep")
+                await asyncio.sleep(0)
+                ORM_LOCAL.language = name
+                reached("sync_to_async")
+                await sync_to_async(lambda: None)()
+                async for number in numbers():
+                    counter.set(number)
+                async with entered():
+                    reached("nested dispatch")
+                    await inner.asend(sender=None)
+                await asyncio.sleep(0)
+            finally:
+                cleaned.append(name)
+
+        return receiver
+
+    signal = two_receivers(make)
+
+    async def dispatch() -> None:
+        await asyncio.sleep(0)  # an eager task starts at once: `dispatches` is set first
+        await asend_checking_context_when_cancelled(signal)
+
+    async def caller() -> set[asyncio.Task[Any]]:
+        dispatches.append(asyncio.ensure_future(dispatch()))
+        with pytest.raises(asyncio.CancelledError):
+            await dispatches[0]
+        return asyncio.all_tasks() - {asyncio.current_task()}
+
+    assert run(caller()) == set()
     assert sorted(cleaned) == ["1", "2"]
 
 
