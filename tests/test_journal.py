@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import contextvars
 import decimal
+import gc
 import threading
 import traceback
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -865,6 +867,43 @@ def test_a_task_factory_that_awaits_a_journaled_receivers_coroutine_keeps_its_wr
         return responded, user.get(), wrapper_scope.get(), wrapper_span.get()
 
     assert run(caller()) == (["1", "2"], "alice", "", "")
+
+
+class Held:
+    """An object whose lifetime a test watches."""
+
+
+temporaries = {name: contextvars.ContextVar[Held](f"temporary{name}") for name in ("1", "2")}
+
+
+def test_a_journaled_receivers_locals_and_temporary_values_are_freed_when_asend_returns(
+    run: Runner,
+) -> None:
+    held: list[weakref.ref[Held]] = []
+
+    def make(name: str) -> Any:
+        async def receiver(**kwargs: Any) -> None:
+            local, temporary = Held(), Held()
+            held.extend((weakref.ref(local), weakref.ref(temporary)))
+            token = temporaries[name].set(temporary)
+            await asyncio.sleep(0)
+            temporaries[name].reset(token)
+            await asyncio.sleep(0)
+
+        return receiver
+
+    signal = two_receivers(make)
+
+    async def caller() -> list[bool]:
+        await signal.asend(sender=None)
+        # No reference cycle keeps a frame, a context or a journal alive.
+        return [reference() is None for reference in held]
+
+    gc.disable()
+    try:
+        assert run(caller()) == [True] * 4
+    finally:
+        gc.enable()
 
 
 def test_a_keyboard_interrupt_in_a_journaled_receiver_leaves_the_loop(run: Runner) -> None:
