@@ -533,6 +533,7 @@ def test_a_receivers_sync_to_async_does_not_undo_a_siblings_write_made_while_its
     def in_thread() -> None:
         assert wrote.wait(5)
         counter.set(7)
+        ORM_LOCAL.fetched = "in the thread"
 
     async def orm_like(**kwargs: Any) -> None:
         await sync_to_async(in_thread)()
@@ -547,13 +548,13 @@ def test_a_receivers_sync_to_async_does_not_undo_a_siblings_write_made_while_its
     signal.connect(orm_like)
     signal.connect(sibling)
 
-    async def caller() -> tuple[str, str, int]:
+    async def caller() -> tuple[str, str, int, str]:
         user.set("caller")
         ORM_LOCAL.language = "en"
         await signal.asend(sender=None)
-        return user.get(), ORM_LOCAL.language, counter.get()
+        return user.get(), ORM_LOCAL.language, counter.get(), ORM_LOCAL.fetched
 
-    assert run(caller()) == ("alice", "fr", 7)
+    assert run(caller()) == ("alice", "fr", 7, "in the thread")
 
 
 def test_receivers_sharing_a_context_can_each_be_in_sync_to_async_at_once_outside_a_request(
