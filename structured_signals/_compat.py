@@ -172,6 +172,7 @@ __all__ = (
     "still_connected",
     "timeout_at",
     "unshared_items",
+    "visible_local_attributes",
     "with_asgiref_of_current",
 )
 
@@ -448,6 +449,19 @@ def local_attributes(
     if variable.name == _LOCAL_VARIABLE_NAME and isinstance(value, dict):
         return value
     return None
+
+
+def visible_local_attributes(
+    variable: contextvars.ContextVar[Any], value: object
+) -> Mapping[str, Any] | None:
+    """The attributes of `value` that the current thread sees, if it is a Local's storage.
+
+    asgiref 3.12+ hides a storage tagged with another thread (one merely
+    inherited with a context): setting an attribute there starts afresh.
+    """
+    if _Storage is not None and isinstance(value, _Storage):
+        return value.data if value.thread_id == threading.get_ident() else {}
+    return local_attributes(variable, value)
 
 
 def local_storage(attributes: dict[str, Any]) -> object:
