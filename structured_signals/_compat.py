@@ -134,6 +134,17 @@ else:
     # The taskgroup backport takes its request back, as 3.13 does.
     ReceiverTaskGroup = EagerTaskGroup
 
+
+def cancels_its_tasks(group: TaskGroup) -> bool:
+    """Whether `group` has begun cancelling its tasks (a task failed, or its parent is cancelled).
+
+    Every TaskGroup (3.11-3.15, the backport) sets `_aborting` before it
+    cancels the first one, and never clears it.
+    """
+    aborting: bool = group._aborting  # type: ignore[attr-defined]
+    return aborting
+
+
 if TYPE_CHECKING:
     from django.core.handlers.asgi import ASGIHandler
     from django.dispatch import Signal
@@ -141,12 +152,14 @@ if TYPE_CHECKING:
 
 __all__ = (
     "ASGIREF_VARIABLES",
+    "DEADLOCK_FLAG",
     "SENDS_FROM_A_COMPREHENSION",
     "BaseExceptionGroup",
     "EagerTaskGroup",
     "ReceiverTaskGroup",
     "TaskGroup",
     "asgiref_carrier",
+    "cancels_its_tasks",
     "listen_for_disconnect",
     "live_keys",
     "live_receivers",
@@ -160,6 +173,7 @@ __all__ = (
     "still_connected",
     "timeout_at",
     "unshared_items",
+    "visible_local_attributes",
     "with_asgiref_of_current",
 )
 
@@ -444,6 +458,19 @@ def local_attributes(
     return None
 
 
+def visible_local_attributes(
+    variable: contextvars.ContextVar[Any], value: object
+) -> Mapping[str, Any] | None:
+    """The attributes of `value` that the current thread sees, if it is a Local's storage.
+
+    asgiref 3.12+ hides a storage tagged with another thread (one merely
+    inherited with a context): setting an attribute there starts afresh.
+    """
+    if _Storage is not None and isinstance(value, _Storage):
+        return value.data if value.thread_id == threading.get_ident() else {}
+    return local_attributes(variable, value)
+
+
 def local_storage(attributes: dict[str, Any]) -> object:
     """A Local's storage holding `attributes`, owned by the current thread."""
     if _Storage is not None:
@@ -488,6 +515,13 @@ def _asgiref_variables() -> frozenset[contextvars.ContextVar[Any]]:
 # Invariant: these are asgiref's own bookkeeping (which thread runs sync code),
 # never request state; the merge leaves them where asgiref put them.
 ASGIREF_VARIABLES = _asgiref_variables()
+
+# Invariant: True in a context whose task is in a thread-sensitive
+# sync_to_async on asgiref's one shared thread (no ThreadSensitiveContext, no
+# async_to_sync above), which makes another such call from that context
+# raise "would deadlock". It means "this task", so receivers that share one
+# context must each have their own (`_journal._Stepped`).
+DEADLOCK_FLAG: contextvars.ContextVar[bool] = SyncToAsync.deadlock_context
 
 
 def asgiref_carrier() -> contextvars.Context:

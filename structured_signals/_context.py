@@ -23,6 +23,7 @@ from structured_signals._compat import (
     local_storage,
     shares_values,
     unshared_items,
+    visible_local_attributes,
 )
 
 __all__ = (
@@ -245,7 +246,8 @@ def apply(changed: Mapping[Key, object]) -> None:
         variable, attribute = key
         attributes = locals_.get(variable)
         if attributes is None:
-            attributes = dict(local_attributes(variable, variable.get(MISSING)) or {})
+            # As setting an attribute does: what this thread sees, and no more.
+            attributes = dict(visible_local_attributes(variable, variable.get(MISSING)) or {})
             locals_[variable] = attributes
         if value is MISSING:
             attributes.pop(attribute, None)

@@ -31,6 +31,7 @@ from structured_signals._compat import (
     LookupKey,
     ReceiverTaskGroup,
     asgiref_carrier,
+    cancels_its_tasks,
     live_keys,
     rehomed,
     shares_values,
@@ -220,6 +221,7 @@ class Dispatch:
         # create_task calls; deferring the error by one loop step makes eager
         # dispatch fail exactly as lazy dispatch does.
         populating = True
+        group: ReceiverTaskGroup | None = None
 
         # Sync receivers cannot be interrupted: the timeout bounds the async
         # ones, each on its own when robust (its TimeoutError is its response),
@@ -244,7 +246,10 @@ class Dispatch:
                     async with timeout_at(each_deadline):
                         outcomes[index] = await receiver(signal=signal, sender=sender, **named)
             except BaseException as err:
-                if _answers(self.robust, receiver, err):
+                assert group is not None  # set before the first task starts
+                own = _own_cancellation(err, group)
+                if self.robust and (own or isinstance(err, Exception)):
+                    _log_failure(receiver, err)
                     outcomes[index] = err
                     failed[index] = True
                     return
@@ -252,12 +257,12 @@ class Dispatch:
                     await asyncio.sleep(0)
                 # The TaskGroup would take a receiver's own CancelledError for
                 # the receiver being cancelled, and go on without a word.
-                if _own_cancellation(err):
+                if own:
                     raise _ReceiverCancelled(err) from None
                 raise
 
         async def run_all() -> None:
-            nonlocal populating
+            nonlocal populating, group
             async with ReceiverTaskGroup() as group:
                 create_task = group.create_task
                 for index, receiver in enumerate(receivers):
@@ -379,14 +384,6 @@ class Connections:
         return still_connected(self.signal, self.keys[asynchronous][index])
 
 
-def _answers(robust: bool, receiver: Receiver, err: BaseException) -> bool:
-    """Whether `err` becomes `receiver`'s response (robust dispatch), logged."""
-    if robust and (isinstance(err, Exception) or _own_cancellation(err)):
-        _log_failure(receiver, err)
-        return True
-    return False
-
-
 def _log_failure(receiver: Receiver, err: BaseException) -> None:
     logger.error(
         "Error calling %s in Signal.send_robust() (%s)",
@@ -408,16 +405,18 @@ def _unwrapped(error: BaseException) -> BaseException:
     return error.cancelled if isinstance(error, _ReceiverCancelled) else error
 
 
-def _own_cancellation(err: BaseException) -> bool:
-    """Whether `err` is a CancelledError the receiver raised itself.
+def _own_cancellation(err: BaseException, group: ReceiverTaskGroup) -> bool:
+    """Whether `err` is the receiver's own CancelledError, as awaiting its task would raise.
 
-    Not one thrown into it because its task (its own) is being cancelled, by
-    the group, the caller or a timeout: that task then counts a request.
+    It raised it itself, or its task was cancelled by itself or by anyone
+    holding it. Not one the dispatch's `group` threw into it while cancelling
+    its tasks (a sibling failed, the caller was cancelled, the dispatch timed
+    out): that task then counts a request, made once the group was aborting.
     """
     if not isinstance(err, asyncio.CancelledError):
         return False
     task = asyncio.current_task()
-    return task is None or task.cancelling() == 0
+    return task is None or task.cancelling() == 0 or not cancels_its_tasks(group)
 
 
 def _awaitable_from_sync_receiver(receiver: Receiver, response: Any) -> TypeError:

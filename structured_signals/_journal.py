@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextvars
 import types
 from collections.abc import Coroutine, Generator
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from structured_signals._compat import mapping_of
+from structured_signals._compat import DEADLOCK_FLAG, mapping_of
 from structured_signals._context import changes, read
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Callable
 
     from structured_signals._context import Key
 
@@ -86,6 +86,10 @@ def steps_after(
             return result
 
 
+# (receiver index, copy before, copy after, copy as its previous step left it)
+_Step = tuple[int, contextvars.Context, contextvars.Context, "contextvars.Context | None"]
+
+
 class _Run:
     """One receiver's writes to one key, from its first to its last."""
 
@@ -114,7 +118,7 @@ class Journal:
     receiver hands the merge.
     """
 
-    __slots__ = ("_last", "_mapping", "_shared", "_steps")
+    __slots__ = ("_deadlock_flag", "_last", "_mapping", "_shared", "_steps", "_wrapped")
 
     def __init__(self, shared: contextvars.Context) -> None:
         # Invariant: only the receivers' tasks ever enter `shared`, and every
@@ -122,22 +126,40 @@ class Journal:
         # begins in is the one the previous step (of any receiver) ended in,
         # `_last` (a copy, never entered), whose mapping is `_mapping`.
         self._shared = shared
+        # asgiref's deadlock flag as the dispatch began: each receiver's first.
+        self._deadlock_flag = shared.get(DEADLOCK_FLAG, False)
+        # Invariant: True once a receiver's task runs its stepped coroutine
+        # inside a wrapper of the loop's task factory (Sentry's and
+        # OpenTelemetry's asyncio integrations), whose code runs in the shared
+        # context between the receivers' steps: what it writes there is set
+        # aside (`_set_aside`) at the start of the next step, never noted.
+        self._wrapped = False
         self._last = shared.copy()
         self._mapping = mapping_of(self._last)
         # Invariant: every step that changed the shared context, in the order
-        # they ran: (receiver index, copy before, copy after). What each
-        # changed is read only at the end, and only where needed.
-        self._steps: list[tuple[int, contextvars.Context, contextvars.Context]] = []
+        # they ran: (receiver index, copy before, copy after, copy as the
+        # receiver's previous step left it or None). What each changed is
+        # read only at the end, and only where needed.
+        self._steps: list[_Step] = []
 
     def stepped(self, index: int, coroutine: Coroutine[Any, Any, _T]) -> _Stepped[_T]:
         """`coroutine`, for receiver `index`'s task to run: its steps are noted here."""
         return _Stepped(self, index, coroutine)
 
-    def _note(self, index: int, mapping: object) -> None:
-        """Note that the step of receiver `index` that just ended wrote: it left `mapping`."""
+    def _note(self, index: int, mapping: object, seen: contextvars.Context | None) -> None:
+        """Note that the step of receiver `index` that just ended wrote: it left `mapping`.
+
+        `seen`: the context as the receiver's previous step left it.
+        """
         after = contextvars.copy_context()
-        self._steps.append((index, self._last, after))
+        self._steps.append((index, self._last, after, seen))
         self._last, self._mapping = after, mapping
+
+    def _set_aside(self) -> None:
+        """Take what was written in the shared context outside any receiver's step as it was."""
+        mapping = mapping_of(self._shared)
+        if mapping is not self._mapping:
+            self._last, self._mapping = contextvars.copy_context(), mapping
 
     def writes(self) -> list[tuple[int, dict[Key, object]]]:
         """(receiver index, what it hands the merge), in connection order.
@@ -152,10 +174,11 @@ class Journal:
         steps = self._steps
         if not steps:
             return []
-        writers = {index for index, _, _ in steps}
-        if len(writers) == 1:
+        writers = {step[0] for step in steps}
+        if len(writers) == 1 and not self._wrapped:
             # One writer: each key's value before its first write is the one
-            # before the dispatch, so its net effects are one diff.
+            # before the dispatch, so its net effects are one diff (unless
+            # something was set aside between its steps).
             changed = changes(steps[0][1], steps[-1][2])
             return [(writers.pop(), changed)] if changed else []
         net_writers: dict[Key, list[tuple[int, _Run]]] = {}
@@ -170,14 +193,21 @@ class Journal:
         return sorted(written.items())
 
 
-def _runs(
-    steps: list[tuple[int, contextvars.Context, contextvars.Context]],
-) -> dict[int, dict[Key, _Run]]:
-    """By receiver index, each key it changed, from the steps that wrote."""
+def _runs(steps: list[_Step]) -> dict[int, dict[Key, _Run]]:
+    """By receiver index, each key it changed, from the steps that wrote.
+
+    A step that puts back the value the receiver saw when it last suspended,
+    over a sibling's write it never saw, did not write the key: that is a
+    stale copy of the context set back, as asgiref's sync_to_async does
+    with every variable after its thread returns (an ORM call), and it must
+    not undo the sibling's write.
+    """
     runs: dict[int, dict[Key, _Run]] = {}
-    for number, (index, before, after) in enumerate(steps):
+    for number, (index, before, after, seen) in enumerate(steps):
         written = runs.setdefault(index, {})
         for key, value in changes(before, after).items():
+            if seen is not None and value is read(seen, key):
+                continue
             run = written.get(key)
             if run is None:
                 written[key] = _Run(number, read(before, key), value)
@@ -211,7 +241,7 @@ class _Stepped(Coroutine[Any, Any, _T]):
     resume per step.)
     """
 
-    __slots__ = ("_coroutine", "_index", "_journal")
+    __slots__ = ("_coroutine", "_deadlock_flag", "_index", "_journal", "_seen")
 
     # A step that wrote nothing is recognised in O(1), with no copy and no
     # diff; a step that wrote is noted with a copy (inline: this runs once
@@ -220,47 +250,86 @@ class _Stepped(Coroutine[Any, Any, _T]):
     def __init__(self, journal: Journal, index: int, coroutine: Coroutine[Any, Any, _T]) -> None:
         self._journal = journal
         self._index = index
-        # An `async def`'s coroutine (the dispatch's per-receiver call()).
-        self._coroutine = cast("types.CoroutineType[Any, Any, _T]", coroutine)
+        self._coroutine = coroutine
+        # Invariant: the journal's context as this receiver's previous step
+        # left it (what it saw when it suspended); None before its first step.
+        self._seen: contextvars.Context | None = None
+        # Invariant: asgiref's deadlock flag as this receiver's previous step
+        # left it, put back in the shared context before each of its steps.
+        self._deadlock_flag = journal._deadlock_flag
 
     def send(self, value: Any) -> Any:
+        if self._journal._wrapped:
+            self._journal._set_aside()
+        if DEADLOCK_FLAG.get(False) is not self._deadlock_flag:
+            DEADLOCK_FLAG.set(self._deadlock_flag)
         try:
             return self._coroutine.send(value)
         finally:
+            self._deadlock_flag = DEADLOCK_FLAG.get(False)
             journal = self._journal
             mapping = mapping_of(journal._shared)
             if mapping is not journal._mapping:
-                journal._note(self._index, mapping)
+                journal._note(self._index, mapping, self._seen)
+            self._seen = journal._last
 
     def throw(self, error: Any, value: Any = None, traceback: Any = None) -> Any:
+        if self._journal._wrapped:
+            self._journal._set_aside()
+        if DEADLOCK_FLAG.get(False) is not self._deadlock_flag:
+            DEADLOCK_FLAG.set(self._deadlock_flag)
         try:
             if value is None and traceback is None:
                 return self._coroutine.throw(error)
             return self._coroutine.throw(error, value, traceback)
         finally:
+            self._deadlock_flag = DEADLOCK_FLAG.get(False)
             journal = self._journal
             mapping = mapping_of(journal._shared)
             if mapping is not journal._mapping:
-                journal._note(self._index, mapping)
+                journal._note(self._index, mapping, self._seen)
+            self._seen = journal._last
 
     def close(self) -> None:
         self._coroutine.close()
 
-    # What introspection reads of a task's coroutine (asyncio's
-    # capture_call_graph() from Python 3.14) is the receiver's: its frames
-    # and what it awaits, as in a task of its own.
+    # What asyncio reads of a task's coroutine to show where it is suspended
+    # (Task.get_stack(), capture_call_graph(), `python -m asyncio pstree`,
+    # the task's repr): the receiver's, not the wrapper's.
     @property
     def cr_await(self) -> Any:
-        return self._coroutine.cr_await
+        return getattr(self._coroutine, "cr_await", None)
 
     @property
     def cr_frame(self) -> Any:
-        return self._coroutine.cr_frame
+        return getattr(self._coroutine, "cr_frame", None)
+
+    @property
+    def cr_code(self) -> Any:
+        return getattr(self._coroutine, "cr_code", None)
 
     @property
     def cr_running(self) -> bool:
-        return self._coroutine.cr_running
+        return bool(getattr(self._coroutine, "cr_running", False))
 
     def __await__(self) -> Generator[Any, Any, _T]:
-        # No __next__: a task then calls send() itself, not through it.
-        raise TypeError("a receiver's journaled coroutine is run by its task, never awaited")
+        """Step it from a task factory's wrapper that awaits it, as the task would.
+
+        (No __next__ on the class: a task then calls send() itself.)
+        """
+        self._journal._wrapped = True
+        message: Any = None
+        step: Callable[[Any], Any] = self.send
+        while True:
+            try:
+                yielded = step(message)
+            except StopIteration as stop:
+                result: _T = stop.value
+                return result
+            try:
+                message, step = (yield yielded), self.send
+            except GeneratorExit:
+                self.close()
+                raise
+            except BaseException as thrown:  # noqa: BLE001 -- handed on to the coroutine
+                message, step = thrown, self.throw

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from asgiref.local import Local
 from asgiref.sync import SyncToAsync
-from support import Bomb
+from support import Bomb, in_plain_thread
 
 from structured_signals import MISSING, Conflict, ContextConflictError
 from structured_signals._context import Writer, apply, changes, merge, read
@@ -286,6 +286,28 @@ def test_apply_writes_variables_and_local_attributes_into_the_current_context() 
         return color.get(), state.kept, state.added, hasattr(state, "dropped")
 
     assert contextvars.Context().run(scenario) == ("red", "kept", 1, False)
+
+
+def test_apply_shows_a_thread_no_local_attribute_it_could_not_see_before() -> None:
+    # A thread running in a context it inherited (Python 3.14's
+    # thread_inherit_context, or ctx.run in a thread) does not see the Local
+    # attributes another thread set there (asgiref 3.12+ tags them with their
+    # thread; older asgirefs show them everywhere): a merge that adds an
+    # attribute must not reveal them, as setting one there does not.
+    def scenario() -> tuple[object, object]:
+        state.secret = "another thread's"
+        inherited = contextvars.copy_context()
+
+        def in_thread() -> tuple[object, object]:
+            before = getattr(state, "secret", None)
+            apply({(state_variable(), "added"): 1})
+            assert state.added == 1
+            return before, getattr(state, "secret", None)
+
+        return in_plain_thread(partial(inherited.run, in_thread))
+
+    before, after = contextvars.Context().run(scenario)
+    assert after == before
 
 
 def test_read_gives_missing_for_unset_variables_and_attributes() -> None:

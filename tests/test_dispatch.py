@@ -400,6 +400,52 @@ def test_a_lone_receivers_own_cancelled_error_is_answered_when_robust_and_raised
             call()
 
 
+@pytest.mark.parametrize("receivers", [1, 2])
+@pytest.mark.parametrize("method", ["send", "send_robust", "asend", "asend_robust"])
+def test_a_receiver_whose_own_task_was_cancelled_fails_as_awaiting_that_task_would(
+    run: Runner, method: str, receivers: int
+) -> None:
+    # Cancelled by itself (or by anyone holding its task), not by the
+    # dispatch: awaiting a task of its own would raise CancelledError.
+    signal = StructuredSignal()
+
+    async def cancels_its_task(**kwargs: Any) -> str:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel("by the receiver")
+        await asyncio.sleep(0)
+        return "never"
+
+    async def sibling(**kwargs: Any) -> str:
+        await asyncio.sleep(0)
+        return "sibling"
+
+    signal.connect(cancels_its_task)
+    if receivers == 2:
+        signal.connect(sibling)
+
+    async def async_caller() -> tuple[list[tuple[Any, Any]], int | None]:
+        result: list[tuple[Any, Any]] = await getattr(signal, method)(sender=None)
+        return result, cancel_requests(asyncio.current_task())
+
+    def call() -> list[tuple[Any, Any]]:
+        if method.startswith("a"):
+            result: list[tuple[Any, Any]]
+            result, cancelling = run(async_caller())
+            assert cancelling == (0 if sys.version_info >= (3, 11) else None)
+            return result
+        return in_plain_thread(lambda: getattr(signal, method)(sender=None))
+
+    if method.endswith("robust"):
+        responses = call()
+        assert responses[0][0] is cancels_its_task
+        assert isinstance(responses[0][1], asyncio.CancelledError)
+        assert [response for _, response in responses[1:]] == ["sibling"] * (receivers - 1)
+    else:
+        with pytest.raises(asyncio.CancelledError):
+            call()
+
+
 def sync_noop(**kwargs: Any) -> None:
     pass
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import decimal
+import gc
+import threading
 import traceback
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +17,7 @@ import django
 import pytest
 import sentry_sdk
 from asgiref.local import Local
+from asgiref.sync import sync_to_async
 from django.dispatch import Signal
 from django.utils import timezone, translation
 from hypothesis import given, settings
@@ -21,7 +26,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import get_current_span
-from support import LOOP_FACTORIES, Flag, Runner, in_plain_thread, runner
+from support import (
+    LOOP_FACTORIES,
+    Flag,
+    Runner,
+    asend_checking_context_when_cancelled,
+    in_plain_thread,
+    runner,
+)
 
 import structured_signals._journal
 from structured_signals import MISSING, Conflict, ContextConflictError, StructuredSignal
@@ -507,6 +519,72 @@ def test_a_step_that_writes_nothing_costs_no_diff(
     assert len(diffed) == 1
 
 
+ORM_LOCAL = Local()
+
+
+def test_a_receivers_sync_to_async_does_not_undo_a_siblings_write_made_while_its_thread_ran(
+    run: Runner,
+) -> None:
+    # asgiref copies the context into the thread and, once it returns, sets
+    # back every variable that differs: a sibling's write made meanwhile
+    # would be undone in the shared context. The thread's own writes count.
+    wrote = threading.Event()
+
+    def in_thread() -> None:
+        assert wrote.wait(5)
+        counter.set(7)
+        ORM_LOCAL.fetched = "in the thread"
+
+    async def orm_like(**kwargs: Any) -> None:
+        await sync_to_async(in_thread)()
+
+    async def sibling(**kwargs: Any) -> None:
+        await asyncio.sleep(0)
+        user.set("alice")
+        ORM_LOCAL.language = "fr"
+        wrote.set()
+
+    signal = StructuredSignal()
+    signal.connect(orm_like)
+    signal.connect(sibling)
+
+    async def caller() -> tuple[str, str, int, str]:
+        user.set("caller")
+        ORM_LOCAL.language = "en"
+        await signal.asend(sender=None)
+        return user.get(), ORM_LOCAL.language, counter.get(), ORM_LOCAL.fetched
+
+    assert run(caller()) == ("alice", "fr", 7, "in the thread")
+
+
+def test_receivers_sharing_a_context_can_each_be_in_sync_to_async_at_once_outside_a_request(
+    run: Runner,
+) -> None:
+    # No ThreadSensitiveContext (a script, an async test): asgiref runs
+    # thread-sensitive calls in one thread and flags the task that uses it,
+    # in its context. The flag is each receiver's own, as in a task of its
+    # own (Django 5.2's gather): the second one queues, it is no deadlock.
+    second_started = threading.Event()
+
+    def first_in_thread() -> str:
+        assert second_started.wait(5)
+        return "first"
+
+    async def first(**kwargs: Any) -> str:
+        return await sync_to_async(first_in_thread)()
+
+    async def second(**kwargs: Any) -> str:
+        await asyncio.sleep(0)
+        second_started.set()
+        return await sync_to_async(lambda: "second")()
+
+    signal = StructuredSignal()
+    signal.connect(first)
+    signal.connect(second)
+    responses = run(signal.asend(sender=None))
+    assert [response for _, response in responses] == ["first", "second"]
+
+
 # SPEC 3.8: the journal steps a receiver in its own task without showing.
 
 
@@ -531,6 +609,41 @@ def test_a_journaled_receiver_runs_in_a_task_of_its_own(run: Runner) -> None:
     assert caller_task not in tasks
     assert len(set(map(id, tasks))) == 2
     assert tasks[0] is tasks[2]
+
+
+def test_a_journaled_receivers_task_shows_where_it_is_suspended_as_a_task_of_its_own(
+    run: Runner,
+) -> None:
+    # What debuggers and `Task.print_stack()` read of a suspended task.
+    stacks: list[list[Any]] = []
+    waiting: list[asyncio.Task[Any]] = []
+    resume = Flag()
+
+    async def waits(**kwargs: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        waiting.append(task)
+        await resume.wait()
+
+    async def looks(**kwargs: Any) -> None:
+        await asyncio.sleep(0)  # past the eager first step
+        stacks.append([frame.f_code for frame in waiting[0].get_stack()])
+        awaited: Any = waiting[0].get_coro()
+        codes = []
+        while awaited is not None and hasattr(awaited, "cr_await"):
+            codes.append(awaited.cr_code)
+            awaited = awaited.cr_await
+        stacks.append(codes)
+        resume.set()
+
+    signal = StructuredSignal()
+    signal.connect(waits)
+    signal.connect(looks)
+    run(signal.asend(sender=None))
+    suspended_frames, awaited_coroutines = stacks
+    assert len(suspended_frames) == 1
+    assert suspended_frames[0] is awaited_coroutines[0]
+    assert waits.__code__ in awaited_coroutines
 
 
 def test_a_journaled_receivers_own_timeout_and_task_group_work_as_in_a_task(run: Runner) -> None:
@@ -589,6 +702,88 @@ def test_a_cancellation_is_thrown_into_a_journaled_receiver_which_cleans_up(run:
     assert sorted(cleaned) == ["1", "2"]
 
 
+CANCEL_POINTS = [
+    "sleep",
+    "sync_to_async",
+    "async generator",
+    "async with",
+    "nested dispatch",
+    "nested receiver",
+]
+
+
+@pytest.mark.parametrize("point", CANCEL_POINTS)
+def test_the_caller_cancelled_at_any_await_of_a_journaled_receiver_merges_nothing_leaves_no_task(
+    run: Runner, point: str
+) -> None:
+    cleaned: list[str] = []
+    dispatches: list[asyncio.Future[Any]] = []
+
+    def reached(where: str) -> None:
+        if where == point:
+            dispatches[0].cancel()
+
+    inner = StructuredSignal()
+
+    async def nested_receiver(**kwargs: Any) -> None:
+        user.set("nested")
+        reached("nested receiver")
+        await asyncio.sleep(0)
+
+    inner.connect(nested_receiver)
+
+    async def numbers() -> Any:
+        for number in range(2):
+            reached("async generator")
+            await asyncio.sleep(0)
+            yield number
+
+    @contextlib.asynccontextmanager
+    async def entered() -> Any:
+        token = span.set("entered")
+        reached("async with")
+        await asyncio.sleep(0)
+        try:
+            yield
+        finally:
+            span.reset(token)
+
+    def make(name: str) -> Any:
+        async def receiver(**kwargs: Any) -> None:
+            try:
+                counter.set(int(name))
+                reached("sleep")
+                await asyncio.sleep(0)
+                ORM_LOCAL.language = name
+                reached("sync_to_async")
+                await sync_to_async(lambda: None)()
+                async for number in numbers():
+                    counter.set(number)
+                async with entered():
+                    reached("nested dispatch")
+                    await inner.asend(sender=None)
+                await asyncio.sleep(0)
+            finally:
+                cleaned.append(name)
+
+        return receiver
+
+    signal = two_receivers(make)
+
+    async def dispatch() -> None:
+        await asyncio.sleep(0)  # an eager task starts at once: `dispatches` is set first
+        await asend_checking_context_when_cancelled(signal)
+
+    async def caller() -> set[asyncio.Task[Any]]:
+        dispatches.append(asyncio.ensure_future(dispatch()))
+        with pytest.raises(asyncio.CancelledError):
+            await dispatches[0]
+        return asyncio.all_tasks() - {asyncio.current_task()}
+
+    assert run(caller()) == set()
+    assert sorted(cleaned) == ["1", "2"]
+
+
 def test_a_journaled_receivers_exception_keeps_its_cause_context_and_traceback(
     run: Runner,
 ) -> None:
@@ -618,6 +813,98 @@ def test_a_journaled_receivers_exception_keeps_its_cause_context_and_traceback(
     assert error.__context__ is error.__cause__
     frames = [frame.name for frame in traceback.extract_tb(error.__traceback__)]
     assert frames[-1] == "chains"
+
+
+wrapper_scope: contextvars.ContextVar[str] = contextvars.ContextVar("wrapper_scope", default="")
+wrapper_span: contextvars.ContextVar[str] = contextvars.ContextVar("wrapper_span", default="")
+
+
+def awaiting_task_factory(previous: Any) -> Any:
+    """A task factory that runs each task's coroutine inside a wrapper awaiting it.
+
+    As Sentry's and OpenTelemetry's asyncio integrations do: the wrapper
+    sets variables of its own in the task's context, one around the await,
+    one for good (the task's context dies with the task).
+    """
+
+    def factory(loop: asyncio.AbstractEventLoop, coroutine: Any, **kwargs: Any) -> Any:
+        async def wrapper() -> Any:
+            token = wrapper_scope.set(f"{wrapper_scope.get()}+task")
+            wrapper_span.set(f"{wrapper_span.get()}+task")
+            try:
+                return await coroutine
+            finally:
+                wrapper_scope.reset(token)
+
+        if previous is None:
+            return asyncio.Task(wrapper(), loop=loop, **kwargs)
+        return previous(loop, wrapper(), **kwargs)
+
+    return factory
+
+
+def test_a_task_factory_that_awaits_a_journaled_receivers_coroutine_keeps_its_writes_apart(
+    run: Runner,
+) -> None:
+    def make(name: str) -> Any:
+        async def receiver(**kwargs: Any) -> str:
+            if name == "1":
+                user.set("bob")
+            await asyncio.sleep(0)
+            if name == "1":
+                user.set("alice")
+            await asyncio.sleep(0)
+            return name
+
+        return receiver
+
+    signal = two_receivers(make)
+
+    async def caller() -> tuple[list[Any], str, str, str]:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(awaiting_task_factory(loop.get_task_factory()))
+        responses = await signal.asend(sender=None)
+        responded = [response for _, response in responses]
+        return responded, user.get(), wrapper_scope.get(), wrapper_span.get()
+
+    assert run(caller()) == (["1", "2"], "alice", "", "")
+
+
+class Held:
+    """An object whose lifetime a test watches."""
+
+
+temporaries = {name: contextvars.ContextVar[Held](f"temporary{name}") for name in ("1", "2")}
+
+
+def test_a_journaled_receivers_locals_and_temporary_values_are_freed_when_asend_returns(
+    run: Runner,
+) -> None:
+    held: list[weakref.ref[Held]] = []
+
+    def make(name: str) -> Any:
+        async def receiver(**kwargs: Any) -> None:
+            local, temporary = Held(), Held()
+            held.extend((weakref.ref(local), weakref.ref(temporary)))
+            token = temporaries[name].set(temporary)
+            await asyncio.sleep(0)
+            temporaries[name].reset(token)
+            await asyncio.sleep(0)
+
+        return receiver
+
+    signal = two_receivers(make)
+
+    async def caller() -> list[bool]:
+        await signal.asend(sender=None)
+        # No reference cycle keeps a frame, a context or a journal alive.
+        return [reference() is None for reference in held]
+
+    gc.disable()
+    try:
+        assert run(caller()) == [True] * 4
+    finally:
+        gc.enable()
 
 
 def test_a_keyboard_interrupt_in_a_journaled_receiver_leaves_the_loop(run: Runner) -> None:
@@ -695,9 +982,21 @@ class Trace:
         self.steps = 0
         # by receiver: slot -> [first step, last step, value before first, value after last]
         self.runs: list[dict[int | str, list[Any]]] = [{} for _ in range(receivers)]
+        # by receiver: each slot's value when it last suspended
+        self.seen: list[dict[int | str, object] | None] = [None] * receivers
+
+    def suspend(self, index: int) -> None:
+        self.seen[index] = {slot: read(slot) for slot in SLOTS}
 
     def close_step(self, index: int, before: dict[int | str, object]) -> None:
-        changed = [slot for slot, value in before.items() if read(slot) is not value]
+        seen = self.seen[index]
+        changed = [
+            slot
+            for slot, value in before.items()
+            if read(slot) is not value
+            # putting back what it saw, over a write it never saw, is no write
+            and (seen is None or read(slot) is not seen[slot])
+        ]
         if not changed:
             return
         self.steps += 1
@@ -716,6 +1015,7 @@ def program_receiver(index: int, program: list[Op], trace: Trace) -> Any:
         for op in program:
             if op.kind == "await":
                 trace.close_step(index, before)
+                trace.suspend(index)
                 await asyncio.sleep(0)
                 before = {}
                 continue
