@@ -207,7 +207,13 @@ class StructuredSignal(Signal):
             """
             if not self.receivers or self.sender_receivers_cache.get(sender) is NO_RECEIVERS:
                 return []
-            edits, entries, sync_receivers, async_receivers = self._look_up(sender)
+            # `_look_up`, inline where no edit overlapped (Django 5+'s
+            # `_live_receivers` gives (sync, async) itself): this is the path
+            # of most of Django's own signals, within a tenth of its send().
+            edits, entries = self._edits, self.receivers
+            sync_receivers, async_receivers = self._live_receivers(sender)
+            if edits & 1 or self._edits != edits:
+                edits, entries, sync_receivers, async_receivers = self._look_up(sender)
             responses: Responses = []
             connections = None  # made once a connect() or disconnect() happened
             for index, receiver in enumerate(sync_receivers):
