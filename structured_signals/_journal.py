@@ -118,7 +118,15 @@ class Journal:
     receiver hands the merge.
     """
 
-    __slots__ = ("_deadlock_flag", "_last", "_mapping", "_shared", "_steps", "_wrapped")
+    __slots__ = (
+        "_deadlock_flag",
+        "_first_flag",
+        "_last",
+        "_mapping",
+        "_shared",
+        "_steps",
+        "_wrapped",
+    )
 
     def __init__(self, shared: contextvars.Context) -> None:
         # Invariant: only the receivers' tasks ever enter `shared`, and every
@@ -127,7 +135,9 @@ class Journal:
         # `_last` (a copy, never entered), whose mapping is `_mapping`.
         self._shared = shared
         # asgiref's deadlock flag as the dispatch began: each receiver's first.
-        self._deadlock_flag = shared.get(DEADLOCK_FLAG, False)
+        self._first_flag = shared.get(DEADLOCK_FLAG, False)
+        # Invariant: the flag as `shared` holds it now (as the last step left it).
+        self._deadlock_flag = self._first_flag
         # Invariant: True once a receiver's task runs its stepped coroutine
         # inside a wrapper of the loop's task factory (Sentry's and
         # OpenTelemetry's asyncio integrations), whose code runs in the shared
@@ -160,6 +170,7 @@ class Journal:
         mapping = mapping_of(self._shared)
         if mapping is not self._mapping:
             self._last, self._mapping = contextvars.copy_context(), mapping
+            self._deadlock_flag = DEADLOCK_FLAG.get(False)
 
     def writes(self) -> list[tuple[int, dict[Key, object]]]:
         """(receiver index, what it hands the merge), in connection order.
@@ -256,37 +267,39 @@ class _Stepped(Coroutine[Any, Any, _T]):
         self._seen: contextvars.Context | None = None
         # Invariant: asgiref's deadlock flag as this receiver's previous step
         # left it, put back in the shared context before each of its steps.
-        self._deadlock_flag = journal._deadlock_flag
+        self._deadlock_flag = journal._first_flag
 
     def send(self, value: Any) -> Any:
-        if self._journal._wrapped:
-            self._journal._set_aside()
-        if DEADLOCK_FLAG.get(False) is not self._deadlock_flag:
+        journal = self._journal
+        if journal._wrapped:
+            journal._set_aside()
+        if journal._deadlock_flag is not self._deadlock_flag:
             DEADLOCK_FLAG.set(self._deadlock_flag)
         try:
             return self._coroutine.send(value)
         finally:
-            self._deadlock_flag = DEADLOCK_FLAG.get(False)
-            journal = self._journal
             mapping = mapping_of(journal._shared)
             if mapping is not journal._mapping:
+                # The flag is in the context: unwritten, it is as it was.
+                self._deadlock_flag = journal._deadlock_flag = DEADLOCK_FLAG.get(False)
                 journal._note(self._index, mapping, self._seen)
             self._seen = journal._last
 
     def throw(self, error: Any, value: Any = None, traceback: Any = None) -> Any:
-        if self._journal._wrapped:
-            self._journal._set_aside()
-        if DEADLOCK_FLAG.get(False) is not self._deadlock_flag:
+        journal = self._journal
+        if journal._wrapped:
+            journal._set_aside()
+        if journal._deadlock_flag is not self._deadlock_flag:
             DEADLOCK_FLAG.set(self._deadlock_flag)
         try:
             if value is None and traceback is None:
                 return self._coroutine.throw(error)
             return self._coroutine.throw(error, value, traceback)
         finally:
-            self._deadlock_flag = DEADLOCK_FLAG.get(False)
-            journal = self._journal
             mapping = mapping_of(journal._shared)
             if mapping is not journal._mapping:
+                # The flag is in the context: unwritten, it is as it was.
+                self._deadlock_flag = journal._deadlock_flag = DEADLOCK_FLAG.get(False)
                 journal._note(self._index, mapping, self._seen)
             self._seen = journal._last
 
