@@ -40,7 +40,7 @@ from structured_signals._compat import (
     with_asgiref_of_current,
 )
 from structured_signals._context import Writer, merge_into_current
-from structured_signals._journal import Journal, in_context
+from structured_signals._journal import Journal, coroutine_of, in_context
 
 if TYPE_CHECKING:
     from structured_signals._signal import StructuredSignal
@@ -210,7 +210,8 @@ class Dispatch:
             # what each receiver wrote in it, step by step (SPEC 3.2). A lone
             # receiver's net effect is what its context holds at the end.
             if len(receivers) > 1:
-                journal = Journal(shared)
+                factory = asyncio.get_running_loop().get_task_factory()
+                journal = Journal(shared, foreign=factory is not None)
         outcomes: list[Any] = [None] * len(receivers)
         failed = [False] * len(receivers)
         skipped = [False] * len(receivers)
@@ -240,11 +241,20 @@ class Dispatch:
                 skipped[index] = True
                 return
             try:
+                awaitable = receiver(signal=signal, sender=sender, **named)
+                if journal is not None:
+                    coroutine = coroutine_of(awaitable)
+                    finished, awaitable = journal.first_step(index, coroutine)
+                    if finished:
+                        outcomes[index] = awaitable
+                        return
+                # A step is not interrupted: a deadline that passed during the
+                # first one is met at the first await, as inside the scope.
                 if each_deadline is None:
-                    outcomes[index] = await receiver(signal=signal, sender=sender, **named)
+                    outcomes[index] = await awaitable
                 else:
                     async with timeout_at(each_deadline):
-                        outcomes[index] = await receiver(signal=signal, sender=sender, **named)
+                        outcomes[index] = await awaitable
             except BaseException as err:
                 assert group is not None  # set before the first task starts
                 own = _own_cancellation(err, group)
@@ -266,10 +276,7 @@ class Dispatch:
             async with ReceiverTaskGroup() as group:
                 create_task = group.create_task
                 for index, receiver in enumerate(receivers):
-                    coroutine = call(index, receiver)
-                    if journal is not None:
-                        coroutine = journal.stepped(index, coroutine)
-                    create_task(coroutine, context=contexts[index])
+                    create_task(call(index, receiver), context=contexts[index])
                 populating = False
 
         failure: BaseException | None = None
@@ -311,7 +318,7 @@ class Dispatch:
             # A robust dispatch drops a failed receiver's writes only when they
             # are its own (isolated); a shared context keeps them.
             if not (lost and self.isolated):
-                self._keep_writer(partial(describe, receiver), context)
+                self._keep_writer(receiver, context)
 
     def run_async_from_sync(self, receivers: list[Receiver]) -> None:
         """Run async receivers from sync code, through async_to_sync."""
@@ -341,11 +348,11 @@ class Dispatch:
         """`context`, re-homed if this is not the caller's thread."""
         return context if threading.get_ident() == self.thread else rehomed(context)
 
-    def _keep_writer(self, describe: Callable[[], str], context: contextvars.Context) -> None:
+    def _keep_writer(self, receiver: Receiver, context: contextvars.Context) -> None:
         """Count `context` among the async writers, unless nobody wrote in it."""
         # An unwritten copy has nothing to merge: recognised in O(1).
         if not shares_values(self.async_base, context):
-            self.async_writers.append(Writer(describe, context))
+            self.async_writers.append(Writer(partial(describe, receiver), context))
 
 
 class Connections:

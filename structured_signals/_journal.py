@@ -108,42 +108,47 @@ class _Run:
 class Journal:
     """The write journal of one shared-mode dispatch (SPEC 3.2).
 
-    Each receiver's task runs its coroutine through `stepped()`, in the one
-    context all receivers share; every step of it that changed that context
-    is noted, with copies of the context before and after it. A receiver's
-    net effect on a key (a ContextVar, a Local attribute) is the value of its
-    last write, unless that puts back (by identity) the value the key held
-    just before the receiver's first write to it: the context-manager
-    pattern, which has none. `writes()` turns the net effects into what each
-    receiver hands the merge.
+    Each receiver's task steps its coroutine through `first_step()` and, if
+    it suspends, the `_Stepped` rest of it, in the one context all receivers share; every
+    step of it that changed that context is noted, with copies of the
+    context before and after it. A receiver's net effect on a key (a
+    ContextVar, a Local attribute) is the value of its last write, unless
+    that puts back (by identity) the value the key held just before the
+    receiver's first write to it: the context-manager pattern, which has
+    none. `writes()` turns the net effects into what each receiver hands the
+    merge.
     """
 
     __slots__ = (
         "_deadlock_flag",
         "_first_flag",
+        "_foreign",
         "_last",
         "_mapping",
         "_shared",
         "_steps",
-        "_wrapped",
     )
 
-    def __init__(self, shared: contextvars.Context) -> None:
+    def __init__(self, shared: contextvars.Context, *, foreign: bool) -> None:
+        """`foreign`: code other than the receivers' may run in `shared` between their steps.
+
+        The wrapper coroutine of a loop's task factory (Sentry's and
+        OpenTelemetry's asyncio integrations) awaits each receiver's
+        coroutine in the receiver's task, so its own code runs in the
+        shared context around the receiver's steps.
+        """
         # Invariant: only the receivers' tasks ever enter `shared`, and every
-        # step they take ends in `_Stepped`'s check: so the context a step
-        # begins in is the one the previous step (of any receiver) ended in,
-        # `_last` (a copy, never entered), whose mapping is `_mapping`.
+        # step they take ends in a check of it: so the context a step begins
+        # in is the one the previous step (of any receiver) ended in, `_last`
+        # (a copy, never entered), whose mapping is `_mapping`; unless
+        # `_foreign`, when what was written in between is set aside as the
+        # next step begins (`_prepare`), never noted.
         self._shared = shared
+        self._foreign = foreign
         # asgiref's deadlock flag as the dispatch began: each receiver's first.
         self._first_flag = shared.get(DEADLOCK_FLAG, False)
         # Invariant: the flag as `shared` holds it now (as the last step left it).
         self._deadlock_flag = self._first_flag
-        # Invariant: True once a receiver's task runs its stepped coroutine
-        # inside a wrapper of the loop's task factory (Sentry's and
-        # OpenTelemetry's asyncio integrations), whose code runs in the shared
-        # context between the receivers' steps: what it writes there is set
-        # aside (`_set_aside`) at the start of the next step, never noted.
-        self._wrapped = False
         self._last = shared.copy()
         self._mapping = mapping_of(self._last)
         # Invariant: every step that changed the shared context, in the order
@@ -152,9 +157,45 @@ class Journal:
         # read only at the end, and only where needed.
         self._steps: list[_Step] = []
 
-    def stepped(self, index: int, coroutine: Coroutine[Any, Any, _T]) -> _Stepped[_T]:
-        """`coroutine`, for receiver `index`'s task to run: its steps are noted here."""
-        return _Stepped(self, index, coroutine)
+    # A step that wrote nothing is recognised in O(1), with no copy and no
+    # diff; a step that wrote is noted with a copy. The checks are inline:
+    # they run once per step of every shared-mode receiver.
+
+    def first_step(
+        self, index: int, coroutine: Coroutine[Any, Any, _T]
+    ) -> tuple[bool, _T | _Stepped[_T]]:
+        """Run receiver `index`'s `coroutine` up to its first suspension, in its task.
+
+        (True, its result) when it finished in that step, as most do;
+        (False, the rest of it to await) when it suspended.
+        """
+        if self._foreign or self._deadlock_flag is not self._first_flag:
+            self._prepare(self._first_flag)
+        try:
+            yielded = coroutine.send(None)
+        except StopIteration as stop:
+            result: _T = stop.value
+            return True, result
+        finally:
+            mapping = mapping_of(self._shared)
+            if mapping is not self._mapping:
+                self._note(index, mapping, None)
+        return False, _Stepped(self, index, coroutine, yielded)
+
+    def _prepare(self, flag: bool) -> None:
+        """Ready the shared context for a step of a receiver whose asgiref flag is `flag`.
+
+        What was written outside any receiver's step is taken as it was; the
+        flag is put back as that receiver's previous step left it: it means
+        "this task" (`DEADLOCK_FLAG`).
+        """
+        if self._foreign:
+            mapping = mapping_of(self._shared)
+            if mapping is not self._mapping:
+                self._last, self._mapping = contextvars.copy_context(), mapping
+                self._deadlock_flag = DEADLOCK_FLAG.get(False)
+        if self._deadlock_flag is not flag:
+            DEADLOCK_FLAG.set(flag)
 
     def _note(self, index: int, mapping: object, seen: contextvars.Context | None) -> None:
         """Note that the step of receiver `index` that just ended wrote: it left `mapping`.
@@ -164,13 +205,8 @@ class Journal:
         after = contextvars.copy_context()
         self._steps.append((index, self._last, after, seen))
         self._last, self._mapping = after, mapping
-
-    def _set_aside(self) -> None:
-        """Take what was written in the shared context outside any receiver's step as it was."""
-        mapping = mapping_of(self._shared)
-        if mapping is not self._mapping:
-            self._last, self._mapping = contextvars.copy_context(), mapping
-            self._deadlock_flag = DEADLOCK_FLAG.get(False)
+        # The flag is in the context: unwritten, it is as it was.
+        self._deadlock_flag = DEADLOCK_FLAG.get(False)
 
     def writes(self) -> list[tuple[int, dict[Key, object]]]:
         """(receiver index, what it hands the merge), in connection order.
@@ -186,7 +222,7 @@ class Journal:
         if not steps:
             return []
         writers = {step[0] for step in steps}
-        if len(writers) == 1 and not self._wrapped:
+        if len(writers) == 1 and not self._foreign:
             # One writer: each key's value before its first write is the one
             # before the dispatch, so its net effects are one diff (unless
             # something was set aside between its steps).
@@ -242,55 +278,59 @@ def _settled(writers: list[tuple[int, _Run]]) -> list[tuple[int, _Run]]:
     return writers
 
 
-class _Stepped(Coroutine[Any, Any, _T]):
-    """A coroutine whose every step is noted in a journal as one receiver's.
+class _Stepped(Generator[Any, Any, _T]):
+    """The rest of a receiver's coroutine, each step of it noted in a journal.
 
-    What the receiver's task runs, in the shared context: the task steps it
-    as it would the coroutine itself (send, throw), so that the receiver
-    keeps its task, cancellation, timeouts and errors (SPEC 3.8). (A class
-    the task calls, not a generator around the coroutine: no frame more to
-    resume per step.)
+    Its task awaits it once the first step suspended (`Journal.first_step`): the
+    task steps it as it would the coroutine itself (send, throw), so that
+    the receiver keeps its task, cancellation, timeouts and errors (SPEC
+    3.8). (A class, not a generator around the coroutine: the task's stack
+    and call graph show the receiver's frames through `cr_await`.)
     """
 
-    __slots__ = ("_coroutine", "_deadlock_flag", "_index", "_journal", "_seen")
+    __slots__ = ("_coroutine", "_deadlock_flag", "_index", "_journal", "_seen", "_yielded")
 
-    # A step that wrote nothing is recognised in O(1), with no copy and no
-    # diff; a step that wrote is noted with a copy (inline: this runs once
-    # per step of every shared-mode receiver).
-
-    def __init__(self, journal: Journal, index: int, coroutine: Coroutine[Any, Any, _T]) -> None:
+    def __init__(
+        self, journal: Journal, index: int, coroutine: Coroutine[Any, Any, _T], yielded: Any
+    ) -> None:
         self._journal = journal
         self._index = index
         self._coroutine = coroutine
+        # Invariant: what the coroutine's first step yielded until the task
+        # has it, then `_HANDED`.
+        self._yielded = yielded
         # Invariant: the journal's context as this receiver's previous step
-        # left it (what it saw when it suspended); None before its first step.
-        self._seen: contextvars.Context | None = None
+        # left it (what it saw when it suspended).
+        self._seen = journal._last
         # Invariant: asgiref's deadlock flag as this receiver's previous step
         # left it, put back in the shared context before each of its steps.
-        self._deadlock_flag = journal._first_flag
+        self._deadlock_flag = journal._deadlock_flag
 
-    def send(self, value: Any) -> Any:
+    def __await__(self) -> Generator[Any, Any, _T]:
+        return self
+
+    def send(self, value: Any = None) -> Any:
+        if self._yielded is not _HANDED:
+            yielded, self._yielded = self._yielded, _HANDED
+            return yielded
         journal = self._journal
-        if journal._wrapped:
-            journal._set_aside()
-        if journal._deadlock_flag is not self._deadlock_flag:
-            DEADLOCK_FLAG.set(self._deadlock_flag)
+        if journal._foreign or journal._deadlock_flag is not self._deadlock_flag:
+            journal._prepare(self._deadlock_flag)
         try:
             return self._coroutine.send(value)
         finally:
             mapping = mapping_of(journal._shared)
             if mapping is not journal._mapping:
-                # The flag is in the context: unwritten, it is as it was.
-                self._deadlock_flag = journal._deadlock_flag = DEADLOCK_FLAG.get(False)
                 journal._note(self._index, mapping, self._seen)
-            self._seen = journal._last
+            self._seen, self._deadlock_flag = journal._last, journal._deadlock_flag
+
+    # An awaiting frame sends None through the iterator slot: no call more.
+    __next__ = send
 
     def throw(self, error: Any, value: Any = None, traceback: Any = None) -> Any:
         journal = self._journal
-        if journal._wrapped:
-            journal._set_aside()
-        if journal._deadlock_flag is not self._deadlock_flag:
-            DEADLOCK_FLAG.set(self._deadlock_flag)
+        if journal._foreign or journal._deadlock_flag is not self._deadlock_flag:
+            journal._prepare(self._deadlock_flag)
         try:
             if value is None and traceback is None:
                 return self._coroutine.throw(error)
@@ -298,10 +338,8 @@ class _Stepped(Coroutine[Any, Any, _T]):
         finally:
             mapping = mapping_of(journal._shared)
             if mapping is not journal._mapping:
-                # The flag is in the context: unwritten, it is as it was.
-                self._deadlock_flag = journal._deadlock_flag = DEADLOCK_FLAG.get(False)
                 journal._note(self._index, mapping, self._seen)
-            self._seen = journal._last
+            self._seen, self._deadlock_flag = journal._last, journal._deadlock_flag
 
     def close(self) -> None:
         self._coroutine.close()
@@ -325,24 +363,5 @@ class _Stepped(Coroutine[Any, Any, _T]):
     def cr_running(self) -> bool:
         return bool(getattr(self._coroutine, "cr_running", False))
 
-    def __await__(self) -> Generator[Any, Any, _T]:
-        """Step it from a task factory's wrapper that awaits it, as the task would.
 
-        (No __next__ on the class: a task then calls send() itself.)
-        """
-        self._journal._wrapped = True
-        message: Any = None
-        step: Callable[[Any], Any] = self.send
-        while True:
-            try:
-                yielded = step(message)
-            except StopIteration as stop:
-                result: _T = stop.value
-                return result
-            try:
-                message, step = (yield yielded), self.send
-            except GeneratorExit:
-                self.close()
-                raise
-            except BaseException as thrown:  # noqa: BLE001 -- handed on to the coroutine
-                message, step = thrown, self.throw
+_HANDED = object()
