@@ -520,7 +520,7 @@ ASGIREF_VARIABLES = _asgiref_variables()
 # sync_to_async on asgiref's one shared thread (no ThreadSensitiveContext, no
 # async_to_sync above), which makes another such call from that context
 # raise "would deadlock". It means "this task", so receivers that share one
-# context must each have their own (`_journal._Stepped`).
+# context must each have their own (`_journal.Journal`).
 DEADLOCK_FLAG: contextvars.ContextVar[bool] = SyncToAsync.deadlock_context
 
 

@@ -241,25 +241,26 @@ class Dispatch:
                 skipped[index] = True
                 return
             try:
-                awaitable = receiver(signal=signal, sender=sender, **named)
-                if journal is not None:
-                    coroutine = coroutine_of(awaitable)
-                    finished, awaitable = journal.first_step(index, coroutine)
-                    if finished:
-                        outcomes[index] = awaitable
-                        return
-                # A step is not interrupted: a deadline that passed during the
-                # first one is met at the first await, as inside the scope.
-                if each_deadline is None:
-                    outcomes[index] = await awaitable
-                else:
+                if each_deadline is not None:
                     async with timeout_at(each_deadline):
+                        awaitable = receiver(signal=signal, sender=sender, **named)
+                        if journal is not None:
+                            awaitable = journal.run(index, awaitable)
                         outcomes[index] = await awaitable
+                elif journal is None:
+                    outcomes[index] = await receiver(signal=signal, sender=sender, **named)
+                else:
+                    # journal.run() inline: this runs once per shared-mode receiver.
+                    coroutine = coroutine_of(receiver(signal=signal, sender=sender, **named))
+                    finished, result = journal.first_step(index, coroutine)
+                    outcomes[index] = result if finished else await result
             except BaseException as err:
                 assert group is not None  # set before the first task starts
                 own = _own_cancellation(err, group)
                 if self.robust and (own or isinstance(err, Exception)):
                     _log_failure(receiver, err)
+                    if journal is not None:
+                        journal.note_writes(index)
                     outcomes[index] = err
                     failed[index] = True
                     return

@@ -22,7 +22,7 @@ from structured_signals._compat import DEADLOCK_FLAG, mapping_of
 from structured_signals._context import changes, read
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable
 
     from structured_signals._context import Key
 
@@ -108,10 +108,10 @@ class _Run:
 class Journal:
     """The write journal of one shared-mode dispatch (SPEC 3.2).
 
-    Each receiver's task steps its coroutine through `first_step()` and, if
-    it suspends, the `_Stepped` rest of it, in the one context all receivers share; every
-    step of it that changed that context is noted, with copies of the
-    context before and after it. A receiver's net effect on a key (a
+    Each receiver's task runs its coroutine through `run()` (its first step,
+    then, if it suspended, the `_Stepped` rest of it), in the one context all
+    receivers share; every step of it that changed that context is noted,
+    with copies of the context before and after it. A receiver's net effect on a key (a
     ContextVar, a Local attribute) is the value of its last write, unless
     that puts back (by identity) the value the key held just before the
     receiver's first write to it: the context-manager pattern, which has
@@ -161,9 +161,7 @@ class Journal:
     # diff; a step that wrote is noted with a copy. The checks are inline:
     # they run once per step of every shared-mode receiver.
 
-    def first_step(
-        self, index: int, coroutine: Coroutine[Any, Any, _T]
-    ) -> tuple[bool, _T | _Stepped[_T]]:
+    def first_step(self, index: int, coroutine: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
         """Run receiver `index`'s `coroutine` up to its first suspension, in its task.
 
         (True, its result) when it finished in that step, as most do;
@@ -174,13 +172,28 @@ class Journal:
         try:
             yielded = coroutine.send(None)
         except StopIteration as stop:
-            result: _T = stop.value
-            return True, result
+            return True, stop.value
         finally:
             mapping = mapping_of(self._shared)
             if mapping is not self._mapping:
                 self._note(index, mapping, None)
         return False, _Stepped(self, index, coroutine, yielded)
+
+    def note_writes(self, index: int) -> None:
+        """Note what the shared context got since the last step ended as receiver `index`'s.
+
+        For its task's own code after a step: a robust dispatch logging the
+        receiver's failure (a logging handler may write a ContextVar).
+        """
+        mapping = mapping_of(self._shared)
+        if mapping is not self._mapping:
+            self._note(index, mapping, None)
+
+    async def run(self, index: int, awaitable: Awaitable[_T]) -> _T:
+        """Await receiver `index`'s `awaitable`, each step of it noted."""
+        finished, result = self.first_step(index, coroutine_of(awaitable))
+        answer: _T = result if finished else await result
+        return answer
 
     def _prepare(self, flag: bool) -> None:
         """Ready the shared context for a step of a receiver whose asgiref flag is `flag`.

@@ -7,6 +7,7 @@ import contextlib
 import contextvars
 import decimal
 import gc
+import logging
 import threading
 import traceback
 import weakref
@@ -442,6 +443,37 @@ def test_a_failed_receivers_net_effects_count_in_robust_shared_dispatch(run: Run
     types, language, seen_span, seen_user = run(caller())
     assert types == [ReceiverError, type(None)]
     assert (language, seen_span, seen_user) == ("en", "request", "set before failing")
+
+
+def test_what_a_logging_handler_writes_while_a_robust_dispatch_logs_a_failure_is_its_receivers(
+    run: Runner,
+) -> None:
+    logged: contextvars.ContextVar[str] = contextvars.ContextVar("logged", default="nothing")
+
+    class Remembering(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logged.set(record.getMessage())
+
+    async def fails_last(**kwargs: Any) -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)  # past every step of the other receiver
+        raise ReceiverError
+
+    signal = StructuredSignal()
+    signal.connect(translating("fr"), weak=False)
+    signal.connect(fails_last)
+    handler = Remembering()
+    logger = logging.getLogger("django.dispatch")
+    logger.addHandler(handler)
+
+    async def caller() -> str:
+        await signal.asend_robust(sender=None)
+        return logged.get()
+
+    try:
+        assert run(caller()).startswith("Error calling ")
+    finally:
+        logger.removeHandler(handler)
 
 
 class CtxAsyncHandler:
