@@ -33,6 +33,7 @@ from structured_signals._compat import (
     asgiref_carrier,
     cancels_its_tasks,
     live_keys,
+    maybe_written,
     rehomed,
     shares_values,
     still_connected,
@@ -195,8 +196,11 @@ class Dispatch:
         Each one, a lone one too, runs in a task of its own (SPEC 3.8).
         `from_sync`: run by `async_to_sync` for a sync `send()`.
         """
-        sync_end = self._sync_end
-        start = rehomed(sync_end) if self.sync_ran_elsewhere else self._at_home(sync_end)
+        # Where the sync receivers left off, re-homed if they ran in another
+        # thread or this is not the caller's thread.
+        start = self.sync_writers[-1].context if self.sync_writers else self.base
+        if self.sync_ran_elsewhere or threading.get_ident() != self.thread:
+            start = rehomed(start)
         if from_sync:
             start = with_asgiref_of_current(start)
         self.async_base = start
@@ -272,21 +276,22 @@ class Dispatch:
                     raise _ReceiverCancelled(err) from None
                 raise
 
-        async def run_all() -> None:
+        def populate(task_group: ReceiverTaskGroup) -> None:
             nonlocal populating, group
-            async with ReceiverTaskGroup() as group:
-                create_task = group.create_task
-                for index, receiver in enumerate(receivers):
-                    create_task(call(index, receiver), context=contexts[index])
-                populating = False
+            group = task_group
+            create_task = task_group.create_task
+            for index, receiver in enumerate(receivers):
+                create_task(call(index, receiver), context=contexts[index])
+            populating = False
 
         failure: BaseException | None = None
         try:
             if group_deadline is None:
-                await run_all()
+                async with ReceiverTaskGroup() as task_group:
+                    populate(task_group)
             else:
-                async with timeout_at(group_deadline):
-                    await run_all()
+                async with timeout_at(group_deadline), ReceiverTaskGroup() as task_group:
+                    populate(task_group)
         except _ReceiverCancelled as error:
             failure = error.cancelled
         except BaseExceptionGroup as group_error:
@@ -315,11 +320,13 @@ class Dispatch:
         self.responses.extend(zip(receivers, outcomes))
         if journal is not None:
             return
-        for receiver, context, lost in zip(receivers, contexts, failed):
+        # An unwritten copy has nothing to merge: recognised in O(1).
+        written = maybe_written(start, contexts)
+        for receiver, context, wrote, lost in zip(receivers, contexts, written, failed):
             # A robust dispatch drops a failed receiver's writes only when they
             # are its own (isolated); a shared context keeps them.
-            if not (lost and self.isolated):
-                self._keep_writer(receiver, context)
+            if wrote and not (lost and self.isolated):
+                self.async_writers.append(Writer(partial(describe, receiver), context))
 
     def run_async_from_sync(self, receivers: list[Receiver]) -> None:
         """Run async receivers from sync code, through async_to_sync."""
@@ -340,20 +347,9 @@ class Dispatch:
             on_conflict=self.on_conflict,
         )
 
-    @property
-    def _sync_end(self) -> contextvars.Context:
-        """Where the sync receivers left off: the last kept one's context, or the base."""
-        return self.sync_writers[-1].context if self.sync_writers else self.base
-
     def _at_home(self, context: contextvars.Context) -> contextvars.Context:
         """`context`, re-homed if this is not the caller's thread."""
         return context if threading.get_ident() == self.thread else rehomed(context)
-
-    def _keep_writer(self, receiver: Receiver, context: contextvars.Context) -> None:
-        """Count `context` among the async writers, unless nobody wrote in it."""
-        # An unwritten copy has nothing to merge: recognised in O(1).
-        if not shares_values(self.async_base, context):
-            self.async_writers.append(Writer(partial(describe, receiver), context))
 
 
 class Connections:

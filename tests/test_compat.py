@@ -26,6 +26,7 @@ from structured_signals._compat import (
     local_attributes,
     local_storage,
     mapping_of,
+    maybe_written,
     rehomed,
     shares_values,
     still_connected,
@@ -194,6 +195,17 @@ def test_shares_values_recognises_an_unwritten_copy_and_nothing_else() -> None:
     copy.run(POOL[5].set, VALUES[0])  # the same value: still a write
     assert not shares_values(before, copy)
     assert not shares_values(before, context_holding(dict.fromkeys(range(100), 0)))
+
+
+def test_maybe_written_tells_each_copy_as_shares_values_does_one_of_them_entered_too() -> None:
+    base = context_holding(dict.fromkeys(range(10), 0))
+    unwritten, written, entered = base.copy(), base.copy(), base.copy()
+    written.run(POOL[5].set, VALUES[1])
+    copies = [unwritten, written, entered, unwritten]
+    assert maybe_written(base, copies) == [False, True, False, False]
+    assert [not shares_values(base, copy) for copy in copies] == [False, True, False, False]
+    # Entered, a Context shows the one it was entered from too: "maybe changed".
+    assert entered.run(maybe_written, base, copies) == [False, True, True, False]
 
 
 async def started_before_create_task_returns() -> tuple[bool, asyncio.Task[Any]]:
