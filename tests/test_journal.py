@@ -1258,3 +1258,44 @@ def test_a_journaled_receivers_exception_has_a_lone_receivers_traceback(
         return [frame.name for frame in traceback.extract_tb(error.__traceback__)]
 
     assert frames_of(fails, waits) == frames_of(fails)
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "TaskGroup"), reason="asyncio.TaskGroup: Python 3.11+")
+def test_a_task_group_create_task_wrapper_keeps_its_writes_apart(
+    run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # OpenTelemetry's AsyncioInstrumentor wraps asyncio.TaskGroup.create_task
+    # (no task factory): each receiver's coroutine is awaited by a wrapper
+    # whose own code runs in the shared context (3.14's EagerTaskGroup calls it).
+    original = asyncio.TaskGroup.create_task
+
+    def create_task(self: Any, coroutine: Any, *args: Any, **kwargs: Any) -> Any:
+        async def wrapper() -> Any:
+            token = wrapper_scope.set(f"{wrapper_scope.get()}+task")
+            wrapper_span.set(f"{wrapper_span.get()}+task")
+            try:
+                return await coroutine
+            finally:
+                wrapper_scope.reset(token)
+
+        return original(self, wrapper(), *args, **kwargs)
+
+    monkeypatch.setattr(asyncio.TaskGroup, "create_task", create_task)
+
+    def make(name: str) -> Any:
+        async def receiver(**kwargs: Any) -> str:
+            if name == "1":
+                user.set("bob")
+            await asyncio.sleep(0)
+            return name
+
+        return receiver
+
+    signal = two_receivers(make)
+
+    async def caller() -> tuple[list[Any], str, str, str]:
+        responses = await signal.asend(sender=None)
+        responded = [response for _, response in responses]
+        return responded, user.get(), wrapper_scope.get(), wrapper_span.get()
+
+    assert run(caller()) == (["1", "2"], "bob", "", "")
