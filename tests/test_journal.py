@@ -18,7 +18,7 @@ import django
 import pytest
 import sentry_sdk
 from asgiref.local import Local
-from asgiref.sync import sync_to_async
+from asgiref.sync import markcoroutinefunction, sync_to_async
 from django.dispatch import Signal
 from django.utils import timezone, translation
 from hypothesis import given, settings
@@ -1124,3 +1124,178 @@ def test_the_merge_is_each_receivers_net_effect_settled_by_interleaving(
     seen = runner(LOOP_FACTORIES[loop])(caller())
     expected = expected_from(trace, policy)
     assert seen == ({"conflict": True} if expected is None else expected)
+
+
+# Review of the first-step change (65de3d5..perf): what runs outside a step.
+
+
+def passing_task_factory(previous: Any) -> Any:
+    """A task factory that adds nothing: its tasks run the coroutine they are given."""
+
+    def factory(loop: asyncio.AbstractEventLoop, coroutine: Any, **kwargs: Any) -> Any:
+        if previous is None:
+            return asyncio.Task(coroutine, loop=loop, **kwargs)
+        return previous(loop, coroutine, **kwargs)
+
+    return factory
+
+
+@pytest.mark.parametrize("method", ["asend", "asend_robust with a timeout"])
+def test_what_a_journaled_receiver_writes_as_it_is_called_reaches_the_caller_under_a_task_factory(
+    run: Runner, method: str
+) -> None:
+    # A receiver marked with markcoroutinefunction (a tracing decorator's
+    # sync wrapper) writes before it returns its coroutine: that write is
+    # its own, as it is on a loop with no task factory.
+    @markcoroutinefunction
+    def sets_then_awaits(**kwargs: Any) -> Any:
+        user.set("bob")
+
+        async def rest() -> str:
+            await asyncio.sleep(0)
+            return "set"
+
+        return rest()
+
+    async def waits(**kwargs: Any) -> str:
+        await asyncio.sleep(0)
+        return "waited"
+
+    signal = StructuredSignal(timeout=5.0 if "timeout" in method else None)
+    signal.connect(sets_then_awaits)
+    signal.connect(waits)
+
+    async def caller() -> tuple[list[Any], str]:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(passing_task_factory(loop.get_task_factory()))
+        if method == "asend":
+            responses = await signal.asend(sender=None)
+        else:
+            responses = await signal.asend_robust(sender=None)
+        return [response for _, response in responses], user.get()
+
+    assert run(caller()) == (["set", "waited"], "bob")
+
+
+def test_a_task_factory_a_receiver_installs_mid_dispatch_keeps_its_wrappers_writes_apart(
+    run: Runner,
+) -> None:
+    # The sibling's task is made by the factory the first receiver's eager
+    # first step installed (Python 3.12+): the wrapper's writes in the shared
+    # context are not the sibling's.
+    async def installs(**kwargs: Any) -> str:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(awaiting_task_factory(loop.get_task_factory()))
+        await asyncio.sleep(0)
+        return "installed"
+
+    async def writes(**kwargs: Any) -> str:
+        user.set("bob")
+        await asyncio.sleep(0)
+        return "wrote"
+
+    signal = StructuredSignal()
+    signal.connect(installs)
+    signal.connect(writes)
+
+    async def caller() -> tuple[list[Any], str, str, str]:
+        responses = await signal.asend(sender=None)
+        responded = [response for _, response in responses]
+        return responded, user.get(), wrapper_scope.get(), wrapper_span.get()
+
+    assert run(caller()) == (["installed", "wrote"], "bob", "", "")
+
+
+def test_a_receiver_failing_as_it_is_called_in_a_robust_dispatch_keeps_a_task_factorys_writes_apart(
+    run: Runner,
+) -> None:
+    async def wrong_signature(sender: Any) -> str:  # no **kwargs: TypeError when called
+        return "never"
+
+    async def waits(**kwargs: Any) -> str:
+        await asyncio.sleep(0)
+        return "waited"
+
+    signal = StructuredSignal()
+    signal.connect(wrong_signature)
+    signal.connect(waits)
+
+    async def caller() -> tuple[list[Any], str, str]:
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(awaiting_task_factory(loop.get_task_factory()))
+        responses = await signal.asend_robust(sender=None)
+        responded = [type(response) for _, response in responses]
+        return responded, wrapper_scope.get(), wrapper_span.get()
+
+    assert run(caller()) == ([TypeError, str], "", "")
+
+
+@pytest.mark.parametrize("where", ["first step", "later step"])
+def test_a_journaled_receivers_exception_has_a_lone_receivers_traceback(
+    run: Runner, where: str
+) -> None:
+    # SPEC 3.8: the traceback is what it would be in a task of its own; the
+    # journal's own frames (first_step, _Stepped.send/throw) are not in it.
+    async def fails(**kwargs: Any) -> None:
+        if where == "later step":
+            await asyncio.sleep(0)
+        raise ReceiverError("raised")
+
+    async def waits(**kwargs: Any) -> None:
+        await asyncio.sleep(0)
+
+    def frames_of(*receivers: Any) -> list[str]:
+        signal = StructuredSignal()
+        for receiver in receivers:
+            signal.connect(receiver)
+
+        async def caller() -> Any:
+            responses = await signal.asend_robust(sender=None)
+            return responses[0][1]
+
+        error = run(caller())
+        assert isinstance(error, ReceiverError)
+        return [frame.name for frame in traceback.extract_tb(error.__traceback__)]
+
+    assert frames_of(fails, waits) == frames_of(fails)
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "TaskGroup"), reason="asyncio.TaskGroup: Python 3.11+")
+def test_a_task_group_create_task_wrapper_keeps_its_writes_apart(
+    run: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # OpenTelemetry's AsyncioInstrumentor wraps asyncio.TaskGroup.create_task
+    # (no task factory): each receiver's coroutine is awaited by a wrapper
+    # whose own code runs in the shared context (3.14's EagerTaskGroup calls it).
+    original = asyncio.TaskGroup.create_task
+
+    def create_task(self: Any, coroutine: Any, *args: Any, **kwargs: Any) -> Any:
+        async def wrapper() -> Any:
+            token = wrapper_scope.set(f"{wrapper_scope.get()}+task")
+            wrapper_span.set(f"{wrapper_span.get()}+task")
+            try:
+                return await coroutine
+            finally:
+                wrapper_scope.reset(token)
+
+        return original(self, wrapper(), *args, **kwargs)
+
+    monkeypatch.setattr(asyncio.TaskGroup, "create_task", create_task)
+
+    def make(name: str) -> Any:
+        async def receiver(**kwargs: Any) -> str:
+            if name == "1":
+                user.set("bob")
+            await asyncio.sleep(0)
+            return name
+
+        return receiver
+
+    signal = two_receivers(make)
+
+    async def caller() -> tuple[list[Any], str, str, str]:
+        responses = await signal.asend(sender=None)
+        responded = [response for _, response in responses]
+        return responded, user.get(), wrapper_scope.get(), wrapper_span.get()
+
+    assert run(caller()) == (["1", "2"], "bob", "", "")
