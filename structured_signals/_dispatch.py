@@ -41,7 +41,7 @@ from structured_signals._compat import (
     with_asgiref_of_current,
 )
 from structured_signals._context import Writer, merge_into_current
-from structured_signals._journal import Journal, coroutine_of, in_context
+from structured_signals._journal import Journal, hide_stepping, in_context
 
 if TYPE_CHECKING:
     from structured_signals._signal import StructuredSignal
@@ -214,8 +214,7 @@ class Dispatch:
             # what each receiver wrote in it, step by step (SPEC 3.2). A lone
             # receiver's net effect is what its context holds at the end.
             if len(receivers) > 1:
-                factory = asyncio.get_running_loop().get_task_factory()
-                journal = Journal(shared, foreign=factory is not None)
+                journal = Journal(shared)
         outcomes: list[Any] = [None] * len(receivers)
         failed = [False] * len(receivers)
         skipped = [False] * len(receivers)
@@ -247,19 +246,22 @@ class Dispatch:
             try:
                 if each_deadline is not None:
                     async with timeout_at(each_deadline):
-                        awaitable = receiver(signal=signal, sender=sender, **named)
-                        if journal is not None:
-                            awaitable = journal.run(index, awaitable)
+                        awaitable = (
+                            receiver(signal=signal, sender=sender, **named)
+                            if journal is None
+                            else journal.run(index, receiver, signal, sender, named)
+                        )
                         outcomes[index] = await awaitable
                 elif journal is None:
                     outcomes[index] = await receiver(signal=signal, sender=sender, **named)
                 else:
                     # journal.run() inline: this runs once per shared-mode receiver.
-                    coroutine = coroutine_of(receiver(signal=signal, sender=sender, **named))
-                    finished, result = journal.first_step(index, coroutine)
+                    finished, result = journal.first_step(index, receiver, signal, sender, named)
                     outcomes[index] = result if finished else await result
             except BaseException as err:
                 assert group is not None  # set before the first task starts
+                if journal is not None:
+                    hide_stepping(err)
                 own = _own_cancellation(err, group)
                 if self.robust and (own or isinstance(err, Exception)):
                     _log_failure(receiver, err)

@@ -22,11 +22,11 @@ from structured_signals._compat import DEADLOCK_FLAG, mapping_of
 from structured_signals._context import changes, read
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Callable
 
     from structured_signals._context import Key
 
-__all__ = ("Journal", "coroutine_of", "first_step", "in_context", "steps_after")
+__all__ = ("Journal", "coroutine_of", "first_step", "hide_stepping", "in_context", "steps_after")
 
 _T = TypeVar("_T")
 
@@ -122,35 +122,32 @@ class Journal:
     __slots__ = (
         "_deadlock_flag",
         "_first_flag",
-        "_foreign",
         "_last",
         "_mapping",
+        "_set_aside",
         "_shared",
         "_steps",
     )
 
-    def __init__(self, shared: contextvars.Context, *, foreign: bool) -> None:
-        """`foreign`: code other than the receivers' may run in `shared` between their steps.
-
-        The wrapper coroutine of a loop's task factory (Sentry's and
-        OpenTelemetry's asyncio integrations) awaits each receiver's
-        coroutine in the receiver's task, so its own code runs in the
-        shared context around the receiver's steps.
-        """
+    def __init__(self, shared: contextvars.Context) -> None:
         # Invariant: only the receivers' tasks ever enter `shared`, and every
-        # step they take ends in a check of it: so the context a step begins
-        # in is the one the previous step (of any receiver) ended in, `_last`
-        # (a copy, never entered), whose mapping is `_mapping`; unless
-        # `_foreign`, when what was written in between is set aside as the
-        # next step begins (`_prepare`), never noted.
+        # step they take begins and ends in a check of it: so the context a
+        # step begins in is the one the previous step (of any receiver) ended
+        # in, `_last` (a copy, never entered), whose mapping is `_mapping`,
+        # once what other code wrote there in between is set aside
+        # (`_prepare`), never noted. Such code runs in a receiver's task
+        # around its steps: the wrapper coroutine of a loop's task factory
+        # (Sentry's and OpenTelemetry's asyncio integrations), or of a
+        # patched `TaskGroup.create_task` (OpenTelemetry's instrumentor).
         self._shared = shared
-        self._foreign = foreign
         # asgiref's deadlock flag as the dispatch began: each receiver's first.
         self._first_flag = shared.get(DEADLOCK_FLAG, False)
         # Invariant: the flag as `shared` holds it now (as the last step left it).
         self._deadlock_flag = self._first_flag
         self._last = shared.copy()
         self._mapping = mapping_of(self._last)
+        # Invariant: True once a write outside the steps was set aside.
+        self._set_aside = False
         # Invariant: every step that changed the shared context, in the order
         # they ran: (receiver index, copy before, copy after, copy as the
         # receiver's previous step left it or None). What each changed is
@@ -161,15 +158,21 @@ class Journal:
     # diff; a step that wrote is noted with a copy. The checks are inline:
     # they run once per step of every shared-mode receiver.
 
-    def first_step(self, index: int, coroutine: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
-        """Run receiver `index`'s `coroutine` up to its first suspension, in its task.
+    def first_step(
+        self, index: int, receiver: Callable[..., Any], signal: Any, sender: Any, named: Any
+    ) -> tuple[bool, Any]:
+        """Call receiver `index` and run it up to its first suspension, in its task.
 
         (True, its result) when it finished in that step, as most do;
-        (False, the rest of it to await) when it suspended.
+        (False, the rest of it to await) when it suspended. The call is part
+        of the step: a receiver marked with `markcoroutinefunction` may
+        write before it returns its awaitable.
         """
-        if self._foreign or self._deadlock_flag is not self._first_flag:
-            self._prepare(self._first_flag)
+        mapping = mapping_of(self._shared)
+        if mapping is not self._mapping or self._deadlock_flag is not self._first_flag:
+            self._prepare(mapping, self._first_flag)
         try:
+            coroutine = coroutine_of(receiver(signal=signal, sender=sender, **named))
             yielded = coroutine.send(None)
         except StopIteration as stop:
             return True, stop.value
@@ -178,6 +181,13 @@ class Journal:
             if mapping is not self._mapping:
                 self._note(index, mapping, None)
         return False, _Stepped(self, index, coroutine, yielded)
+
+    async def run(
+        self, index: int, receiver: Callable[..., Any], signal: Any, sender: Any, named: Any
+    ) -> Any:
+        """Call receiver `index` and await it, each step of it noted."""
+        finished, result = self.first_step(index, receiver, signal, sender, named)
+        return result if finished else await result
 
     def note_writes(self, index: int) -> None:
         """Note what the shared context got since the last step ended as receiver `index`'s.
@@ -189,24 +199,17 @@ class Journal:
         if mapping is not self._mapping:
             self._note(index, mapping, None)
 
-    async def run(self, index: int, awaitable: Awaitable[_T]) -> _T:
-        """Await receiver `index`'s `awaitable`, each step of it noted."""
-        finished, result = self.first_step(index, coroutine_of(awaitable))
-        answer: _T = result if finished else await result
-        return answer
-
-    def _prepare(self, flag: bool) -> None:
-        """Ready the shared context for a step of a receiver whose asgiref flag is `flag`.
+    def _prepare(self, mapping: object, flag: bool) -> None:
+        """Ready the shared context, which holds `mapping`, for a step of a receiver.
 
         What was written outside any receiver's step is taken as it was; the
-        flag is put back as that receiver's previous step left it: it means
-        "this task" (`DEADLOCK_FLAG`).
+        receiver's asgiref flag is put back as its previous step left it
+        (`flag`): it means "this task" (`DEADLOCK_FLAG`).
         """
-        if self._foreign:
-            mapping = mapping_of(self._shared)
-            if mapping is not self._mapping:
-                self._last, self._mapping = contextvars.copy_context(), mapping
-                self._deadlock_flag = DEADLOCK_FLAG.get(False)
+        if mapping is not self._mapping:
+            self._last, self._mapping = contextvars.copy_context(), mapping
+            self._deadlock_flag = DEADLOCK_FLAG.get(False)
+            self._set_aside = True
         if self._deadlock_flag is not flag:
             DEADLOCK_FLAG.set(flag)
 
@@ -235,7 +238,7 @@ class Journal:
         if not steps:
             return []
         writers = {step[0] for step in steps}
-        if len(writers) == 1 and not self._foreign:
+        if len(writers) == 1 and not self._set_aside:
             # One writer: each key's value before its first write is the one
             # before the dispatch, so its net effects are one diff (unless
             # something was set aside between its steps).
@@ -327,8 +330,9 @@ class _Stepped(Generator[Any, Any, _T]):
             yielded, self._yielded = self._yielded, _HANDED
             return yielded
         journal = self._journal
-        if journal._foreign or journal._deadlock_flag is not self._deadlock_flag:
-            journal._prepare(self._deadlock_flag)
+        mapping = mapping_of(journal._shared)
+        if mapping is not journal._mapping or journal._deadlock_flag is not self._deadlock_flag:
+            journal._prepare(mapping, self._deadlock_flag)
         try:
             return self._coroutine.send(value)
         finally:
@@ -342,8 +346,9 @@ class _Stepped(Generator[Any, Any, _T]):
 
     def throw(self, error: Any, value: Any = None, traceback: Any = None) -> Any:
         journal = self._journal
-        if journal._foreign or journal._deadlock_flag is not self._deadlock_flag:
-            journal._prepare(self._deadlock_flag)
+        mapping = mapping_of(journal._shared)
+        if mapping is not journal._mapping or journal._deadlock_flag is not self._deadlock_flag:
+            journal._prepare(mapping, self._deadlock_flag)
         try:
             if value is None and traceback is None:
                 return self._coroutine.throw(error)
@@ -378,3 +383,29 @@ class _Stepped(Generator[Any, Any, _T]):
 
 
 _HANDED = object()
+
+
+# The journal's own frames between a receiver's task and the receiver.
+_STEPPING_CODES = frozenset(
+    {
+        _awaited.__code__,
+        Journal.first_step.__code__,
+        Journal.run.__code__,
+        _Stepped.send.__code__,
+        _Stepped.throw.__code__,
+    }
+)
+
+
+def hide_stepping(error: BaseException) -> None:
+    """Take the journal's own frames out of `error`'s traceback.
+
+    A receiver's exception then reads as it does in a task of its own
+    (SPEC 3.8), frames of its own and the dispatch's `call` only.
+    """
+    traceback = error.__traceback__
+    while traceback is not None and traceback.tb_next is not None:
+        if traceback.tb_next.tb_frame.f_code in _STEPPING_CODES:
+            traceback.tb_next = traceback.tb_next.tb_next
+        else:
+            traceback = traceback.tb_next

@@ -1126,7 +1126,8 @@ def test_the_merge_is_each_receivers_net_effect_settled_by_interleaving(
     assert seen == ({"conflict": True} if expected is None else expected)
 
 
-# Review of the first-step change (65de3d5..perf): what runs outside a step.
+# What runs in a receiver's task outside its steps: the call of the receiver,
+# the wrapper of a task factory or of a patched TaskGroup.create_task.
 
 
 def passing_task_factory(previous: Any) -> Any:
@@ -1260,14 +1261,14 @@ def test_a_journaled_receivers_exception_has_a_lone_receivers_traceback(
     assert frames_of(fails, waits) == frames_of(fails)
 
 
-@pytest.mark.skipif(not hasattr(asyncio, "TaskGroup"), reason="asyncio.TaskGroup: Python 3.11+")
 def test_a_task_group_create_task_wrapper_keeps_its_writes_apart(
     run: Runner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # OpenTelemetry's AsyncioInstrumentor wraps asyncio.TaskGroup.create_task
     # (no task factory): each receiver's coroutine is awaited by a wrapper
-    # whose own code runs in the shared context (3.14's EagerTaskGroup calls it).
-    original = asyncio.TaskGroup.create_task
+    # whose own code runs in the shared context (3.14's EagerTaskGroup calls
+    # it; below 3.11 the backport's TaskGroup is the one patched here).
+    original = TaskGroup.create_task
 
     def create_task(self: Any, coroutine: Any, *args: Any, **kwargs: Any) -> Any:
         async def wrapper() -> Any:
@@ -1280,7 +1281,7 @@ def test_a_task_group_create_task_wrapper_keeps_its_writes_apart(
 
         return original(self, wrapper(), *args, **kwargs)
 
-    monkeypatch.setattr(asyncio.TaskGroup, "create_task", create_task)
+    monkeypatch.setattr(TaskGroup, "create_task", create_task)
 
     def make(name: str) -> Any:
         async def receiver(**kwargs: Any) -> str:
