@@ -283,7 +283,12 @@ class Dispatch:
             group = task_group
             create_task = task_group.create_task
             for index, receiver in enumerate(receivers):
-                create_task(call(index, receiver), context=contexts[index])
+                coroutine = call(index, receiver)
+                task = create_task(coroutine, context=contexts[index])
+                # Only a task with steps to come matters here; and get_coro()
+                # of an eager task that has finished crashes CPython 3.12.1.
+                if journal is not None and not task.done() and task.get_coro() is not coroutine:
+                    journal.wrapped_task()
             populating = False
 
         failure: BaseException | None = None

@@ -127,19 +127,24 @@ class Journal:
         "_set_aside",
         "_shared",
         "_steps",
+        "_wrapped",
     )
 
     def __init__(self, shared: contextvars.Context) -> None:
         # Invariant: only the receivers' tasks ever enter `shared`, and every
-        # step they take begins and ends in a check of it: so the context a
-        # step begins in is the one the previous step (of any receiver) ended
-        # in, `_last` (a copy, never entered), whose mapping is `_mapping`,
-        # once what other code wrote there in between is set aside
-        # (`_prepare`), never noted. Such code runs in a receiver's task
-        # around its steps: the wrapper coroutine of a loop's task factory
-        # (Sentry's and OpenTelemetry's asyncio integrations), or of a
-        # patched `TaskGroup.create_task` (OpenTelemetry's instrumentor).
+        # step they take ends in a check of it: so the context a step begins
+        # in is the one the previous step (of any receiver) ended in, `_last`
+        # (a copy, never entered), whose mapping is `_mapping`, once what
+        # other code wrote there in between is set aside (`_prepare`), never
+        # noted. Such code runs in a receiver's task before its first step
+        # (a task factory may write in the context it is given), or around
+        # its steps when the task runs a wrapper coroutine that awaits the
+        # dispatch's (`_wrapped`): a loop's task factory (Sentry's and
+        # OpenTelemetry's asyncio integrations), a patched
+        # `TaskGroup.create_task` (OpenTelemetry's instrumentor). So a first
+        # step always begins with a check, a later one only once `_wrapped`.
         self._shared = shared
+        self._wrapped = False
         # asgiref's deadlock flag as the dispatch began: each receiver's first.
         self._first_flag = shared.get(DEADLOCK_FLAG, False)
         # Invariant: the flag as `shared` holds it now (as the last step left it).
@@ -188,6 +193,10 @@ class Journal:
         """Call receiver `index` and await it, each step of it noted."""
         finished, result = self.first_step(index, receiver, signal, sender, named)
         return result if finished else await result
+
+    def wrapped_task(self) -> None:
+        """Note that a receiver's task runs a wrapper around the dispatch's coroutine."""
+        self._wrapped = True
 
     def note_writes(self, index: int) -> None:
         """Note what the shared context got since the last step ended as receiver `index`'s.
@@ -330,9 +339,8 @@ class _Stepped(Generator[Any, Any, _T]):
             yielded, self._yielded = self._yielded, _HANDED
             return yielded
         journal = self._journal
-        mapping = mapping_of(journal._shared)
-        if mapping is not journal._mapping or journal._deadlock_flag is not self._deadlock_flag:
-            journal._prepare(mapping, self._deadlock_flag)
+        if journal._wrapped or journal._deadlock_flag is not self._deadlock_flag:
+            journal._prepare(mapping_of(journal._shared), self._deadlock_flag)
         try:
             return self._coroutine.send(value)
         finally:
@@ -346,9 +354,8 @@ class _Stepped(Generator[Any, Any, _T]):
 
     def throw(self, error: Any, value: Any = None, traceback: Any = None) -> Any:
         journal = self._journal
-        mapping = mapping_of(journal._shared)
-        if mapping is not journal._mapping or journal._deadlock_flag is not self._deadlock_flag:
-            journal._prepare(mapping, self._deadlock_flag)
+        if journal._wrapped or journal._deadlock_flag is not self._deadlock_flag:
+            journal._prepare(mapping_of(journal._shared), self._deadlock_flag)
         try:
             if value is None and traceback is None:
                 return self._coroutine.throw(error)
