@@ -41,7 +41,7 @@ from structured_signals._compat import (
     with_asgiref_of_current,
 )
 from structured_signals._context import Writer, merge_into_current
-from structured_signals._journal import Journal, hide_stepping, in_context
+from structured_signals._journal import Journal, in_context
 
 if TYPE_CHECKING:
     from structured_signals._signal import StructuredSignal
@@ -244,29 +244,16 @@ class Dispatch:
                 skipped[index] = True
                 return
             try:
-                if each_deadline is not None:
-                    async with timeout_at(each_deadline):
-                        awaitable = (
-                            receiver(signal=signal, sender=sender, **named)
-                            if journal is None
-                            else journal.run(index, receiver, signal, sender, named)
-                        )
-                        outcomes[index] = await awaitable
-                elif journal is None:
+                if each_deadline is None:
                     outcomes[index] = await receiver(signal=signal, sender=sender, **named)
                 else:
-                    # journal.run() inline: this runs once per shared-mode receiver.
-                    finished, result = journal.first_step(index, receiver, signal, sender, named)
-                    outcomes[index] = result if finished else await result
+                    async with timeout_at(each_deadline):
+                        outcomes[index] = await receiver(signal=signal, sender=sender, **named)
             except BaseException as err:
                 assert group is not None  # set before the first task starts
-                if journal is not None:
-                    hide_stepping(err)
                 own = _own_cancellation(err, group)
                 if self.robust and (own or isinstance(err, Exception)):
                     _log_failure(receiver, err)
-                    if journal is not None:
-                        journal.note_writes(index)
                     outcomes[index] = err
                     failed[index] = True
                     return
@@ -284,11 +271,9 @@ class Dispatch:
             create_task = task_group.create_task
             for index, receiver in enumerate(receivers):
                 coroutine = call(index, receiver)
-                task = create_task(coroutine, context=contexts[index])
-                # Only a task with steps to come matters here; and get_coro()
-                # of an eager task that has finished crashes CPython 3.12.1.
-                if journal is not None and not task.done() and task.get_coro() is not coroutine:
-                    journal.wrapped_task()
+                if journal is not None:
+                    coroutine = journal.stepped(index, coroutine)
+                create_task(coroutine, context=contexts[index])
             populating = False
 
         failure: BaseException | None = None

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from structured_signals._context import Key
 
-__all__ = ("Journal", "coroutine_of", "first_step", "hide_stepping", "in_context", "steps_after")
+__all__ = ("Journal", "coroutine_of", "first_step", "in_context", "steps_after")
 
 _T = TypeVar("_T")
 
@@ -108,15 +108,14 @@ class _Run:
 class Journal:
     """The write journal of one shared-mode dispatch (SPEC 3.2).
 
-    Each receiver's task runs its coroutine through `run()` (its first step,
-    then, if it suspended, the `_Stepped` rest of it), in the one context all
-    receivers share; every step of it that changed that context is noted,
-    with copies of the context before and after it. A receiver's net effect on a key (a
-    ContextVar, a Local attribute) is the value of its last write, unless
-    that puts back (by identity) the value the key held just before the
-    receiver's first write to it: the context-manager pattern, which has
-    none. `writes()` turns the net effects into what each receiver hands the
-    merge.
+    Each receiver's task runs its coroutine through `stepped()`, in the one
+    context all receivers share; every step of it that changed that context
+    is noted, with copies of the context before and after it. A receiver's
+    net effect on a key (a ContextVar, a Local attribute) is the value of its
+    last write, unless that puts back (by identity) the value the key held
+    just before the receiver's first write to it: the context-manager
+    pattern, which has none. `writes()` turns the net effects into what each
+    receiver hands the merge.
     """
 
     __slots__ = (
@@ -124,7 +123,6 @@ class Journal:
         "_first_flag",
         "_last",
         "_mapping",
-        "_set_aside",
         "_shared",
         "_steps",
         "_wrapped",
@@ -132,95 +130,31 @@ class Journal:
 
     def __init__(self, shared: contextvars.Context) -> None:
         # Invariant: only the receivers' tasks ever enter `shared`, and every
-        # step they take ends in a check of it: so the context a step begins
-        # in is the one the previous step (of any receiver) ended in, `_last`
-        # (a copy, never entered), whose mapping is `_mapping`, once what
-        # other code wrote there in between is set aside (`_prepare`), never
-        # noted. Such code runs in a receiver's task before its first step
-        # (a task factory may write in the context it is given), or around
-        # its steps when the task runs a wrapper coroutine that awaits the
-        # dispatch's (`_wrapped`): a loop's task factory (Sentry's and
-        # OpenTelemetry's asyncio integrations), a patched
-        # `TaskGroup.create_task` (OpenTelemetry's instrumentor). So a first
-        # step always begins with a check, a later one only once `_wrapped`.
+        # step they take ends in `_Stepped`'s check: so the context a step
+        # begins in is the one the previous step (of any receiver) ended in,
+        # `_last` (a copy, never entered), whose mapping is `_mapping`.
         self._shared = shared
-        self._wrapped = False
         # asgiref's deadlock flag as the dispatch began: each receiver's first.
         self._first_flag = shared.get(DEADLOCK_FLAG, False)
         # Invariant: the flag as `shared` holds it now (as the last step left it).
         self._deadlock_flag = self._first_flag
+        # Invariant: True once a receiver's task runs its stepped coroutine
+        # inside a wrapper of the loop's task factory (Sentry's and
+        # OpenTelemetry's asyncio integrations), whose code runs in the shared
+        # context between the receivers' steps: what it writes there is set
+        # aside (`_set_aside`) at the start of the next step, never noted.
+        self._wrapped = False
         self._last = shared.copy()
         self._mapping = mapping_of(self._last)
-        # Invariant: True once a write outside the steps was set aside.
-        self._set_aside = False
         # Invariant: every step that changed the shared context, in the order
         # they ran: (receiver index, copy before, copy after, copy as the
         # receiver's previous step left it or None). What each changed is
         # read only at the end, and only where needed.
         self._steps: list[_Step] = []
 
-    # A step that wrote nothing is recognised in O(1), with no copy and no
-    # diff; a step that wrote is noted with a copy. The checks are inline:
-    # they run once per step of every shared-mode receiver.
-
-    def first_step(
-        self, index: int, receiver: Callable[..., Any], signal: Any, sender: Any, named: Any
-    ) -> tuple[bool, Any]:
-        """Call receiver `index` and run it up to its first suspension, in its task.
-
-        (True, its result) when it finished in that step, as most do;
-        (False, the rest of it to await) when it suspended. The call is part
-        of the step: a receiver marked with `markcoroutinefunction` may
-        write before it returns its awaitable.
-        """
-        mapping = mapping_of(self._shared)
-        if mapping is not self._mapping or self._deadlock_flag is not self._first_flag:
-            self._prepare(mapping, self._first_flag)
-        try:
-            coroutine = coroutine_of(receiver(signal=signal, sender=sender, **named))
-            yielded = coroutine.send(None)
-        except StopIteration as stop:
-            return True, stop.value
-        finally:
-            mapping = mapping_of(self._shared)
-            if mapping is not self._mapping:
-                self._note(index, mapping, None)
-        return False, _Stepped(self, index, coroutine, yielded)
-
-    async def run(
-        self, index: int, receiver: Callable[..., Any], signal: Any, sender: Any, named: Any
-    ) -> Any:
-        """Call receiver `index` and await it, each step of it noted."""
-        finished, result = self.first_step(index, receiver, signal, sender, named)
-        return result if finished else await result
-
-    def wrapped_task(self) -> None:
-        """Note that a receiver's task runs a wrapper around the dispatch's coroutine."""
-        self._wrapped = True
-
-    def note_writes(self, index: int) -> None:
-        """Note what the shared context got since the last step ended as receiver `index`'s.
-
-        For its task's own code after a step: a robust dispatch logging the
-        receiver's failure (a logging handler may write a ContextVar).
-        """
-        mapping = mapping_of(self._shared)
-        if mapping is not self._mapping:
-            self._note(index, mapping, None)
-
-    def _prepare(self, mapping: object, flag: bool) -> None:
-        """Ready the shared context, which holds `mapping`, for a step of a receiver.
-
-        What was written outside any receiver's step is taken as it was; the
-        receiver's asgiref flag is put back as its previous step left it
-        (`flag`): it means "this task" (`DEADLOCK_FLAG`).
-        """
-        if mapping is not self._mapping:
-            self._last, self._mapping = contextvars.copy_context(), mapping
-            self._deadlock_flag = DEADLOCK_FLAG.get(False)
-            self._set_aside = True
-        if self._deadlock_flag is not flag:
-            DEADLOCK_FLAG.set(flag)
+    def stepped(self, index: int, coroutine: Coroutine[Any, Any, _T]) -> _Stepped[_T]:
+        """`coroutine`, for receiver `index`'s task to run: its steps are noted here."""
+        return _Stepped(self, index, coroutine)
 
     def _note(self, index: int, mapping: object, seen: contextvars.Context | None) -> None:
         """Note that the step of receiver `index` that just ended wrote: it left `mapping`.
@@ -230,8 +164,13 @@ class Journal:
         after = contextvars.copy_context()
         self._steps.append((index, self._last, after, seen))
         self._last, self._mapping = after, mapping
-        # The flag is in the context: unwritten, it is as it was.
-        self._deadlock_flag = DEADLOCK_FLAG.get(False)
+
+    def _set_aside(self) -> None:
+        """Take what was written in the shared context outside any receiver's step as it was."""
+        mapping = mapping_of(self._shared)
+        if mapping is not self._mapping:
+            self._last, self._mapping = contextvars.copy_context(), mapping
+            self._deadlock_flag = DEADLOCK_FLAG.get(False)
 
     def writes(self) -> list[tuple[int, dict[Key, object]]]:
         """(receiver index, what it hands the merge), in connection order.
@@ -247,7 +186,7 @@ class Journal:
         if not steps:
             return []
         writers = {step[0] for step in steps}
-        if len(writers) == 1 and not self._set_aside:
+        if len(writers) == 1 and not self._wrapped:
             # One writer: each key's value before its first write is the one
             # before the dispatch, so its net effects are one diff (unless
             # something was set aside between its steps).
@@ -303,59 +242,55 @@ def _settled(writers: list[tuple[int, _Run]]) -> list[tuple[int, _Run]]:
     return writers
 
 
-class _Stepped(Generator[Any, Any, _T]):
-    """The rest of a receiver's coroutine, each step of it noted in a journal.
+class _Stepped(Coroutine[Any, Any, _T]):
+    """A coroutine whose every step is noted in a journal as one receiver's.
 
-    Its task awaits it once the first step suspended (`Journal.first_step`): the
-    task steps it as it would the coroutine itself (send, throw), so that
-    the receiver keeps its task, cancellation, timeouts and errors (SPEC
-    3.8). (A class, not a generator around the coroutine: the task's stack
-    and call graph show the receiver's frames through `cr_await`.)
+    What the receiver's task runs, in the shared context: the task steps it
+    as it would the coroutine itself (send, throw), so that the receiver
+    keeps its task, cancellation, timeouts and errors (SPEC 3.8). (A class
+    the task calls, not a generator around the coroutine: no frame more to
+    resume per step.)
     """
 
-    __slots__ = ("_coroutine", "_deadlock_flag", "_index", "_journal", "_seen", "_yielded")
+    __slots__ = ("_coroutine", "_deadlock_flag", "_index", "_journal", "_seen")
 
-    def __init__(
-        self, journal: Journal, index: int, coroutine: Coroutine[Any, Any, _T], yielded: Any
-    ) -> None:
+    # A step that wrote nothing is recognised in O(1), with no copy and no
+    # diff; a step that wrote is noted with a copy (inline: this runs once
+    # per step of every shared-mode receiver).
+
+    def __init__(self, journal: Journal, index: int, coroutine: Coroutine[Any, Any, _T]) -> None:
         self._journal = journal
         self._index = index
         self._coroutine = coroutine
-        # Invariant: what the coroutine's first step yielded until the task
-        # has it, then `_HANDED`.
-        self._yielded = yielded
         # Invariant: the journal's context as this receiver's previous step
-        # left it (what it saw when it suspended).
-        self._seen = journal._last
+        # left it (what it saw when it suspended); None before its first step.
+        self._seen: contextvars.Context | None = None
         # Invariant: asgiref's deadlock flag as this receiver's previous step
         # left it, put back in the shared context before each of its steps.
-        self._deadlock_flag = journal._deadlock_flag
+        self._deadlock_flag = journal._first_flag
 
-    def __await__(self) -> Generator[Any, Any, _T]:
-        return self
-
-    def send(self, value: Any = None) -> Any:
-        if self._yielded is not _HANDED:
-            yielded, self._yielded = self._yielded, _HANDED
-            return yielded
+    def send(self, value: Any) -> Any:
         journal = self._journal
-        if journal._wrapped or journal._deadlock_flag is not self._deadlock_flag:
-            journal._prepare(mapping_of(journal._shared), self._deadlock_flag)
+        if journal._wrapped:
+            journal._set_aside()
+        if journal._deadlock_flag is not self._deadlock_flag:
+            DEADLOCK_FLAG.set(self._deadlock_flag)
         try:
             return self._coroutine.send(value)
         finally:
             mapping = mapping_of(journal._shared)
             if mapping is not journal._mapping:
+                # The flag is in the context: unwritten, it is as it was.
+                self._deadlock_flag = journal._deadlock_flag = DEADLOCK_FLAG.get(False)
                 journal._note(self._index, mapping, self._seen)
-            self._seen, self._deadlock_flag = journal._last, journal._deadlock_flag
-
-    # An awaiting frame sends None through the iterator slot: no call more.
-    __next__ = send
+            self._seen = journal._last
 
     def throw(self, error: Any, value: Any = None, traceback: Any = None) -> Any:
         journal = self._journal
-        if journal._wrapped or journal._deadlock_flag is not self._deadlock_flag:
-            journal._prepare(mapping_of(journal._shared), self._deadlock_flag)
+        if journal._wrapped:
+            journal._set_aside()
+        if journal._deadlock_flag is not self._deadlock_flag:
+            DEADLOCK_FLAG.set(self._deadlock_flag)
         try:
             if value is None and traceback is None:
                 return self._coroutine.throw(error)
@@ -363,8 +298,10 @@ class _Stepped(Generator[Any, Any, _T]):
         finally:
             mapping = mapping_of(journal._shared)
             if mapping is not journal._mapping:
+                # The flag is in the context: unwritten, it is as it was.
+                self._deadlock_flag = journal._deadlock_flag = DEADLOCK_FLAG.get(False)
                 journal._note(self._index, mapping, self._seen)
-            self._seen, self._deadlock_flag = journal._last, journal._deadlock_flag
+            self._seen = journal._last
 
     def close(self) -> None:
         self._coroutine.close()
@@ -388,31 +325,24 @@ class _Stepped(Generator[Any, Any, _T]):
     def cr_running(self) -> bool:
         return bool(getattr(self._coroutine, "cr_running", False))
 
+    def __await__(self) -> Generator[Any, Any, _T]:
+        """Step it from a task factory's wrapper that awaits it, as the task would.
 
-_HANDED = object()
-
-
-# The journal's own frames between a receiver's task and the receiver.
-_STEPPING_CODES = frozenset(
-    {
-        _awaited.__code__,
-        Journal.first_step.__code__,
-        Journal.run.__code__,
-        _Stepped.send.__code__,
-        _Stepped.throw.__code__,
-    }
-)
-
-
-def hide_stepping(error: BaseException) -> None:
-    """Take the journal's own frames out of `error`'s traceback.
-
-    A receiver's exception then reads as it does in a task of its own
-    (SPEC 3.8), frames of its own and the dispatch's `call` only.
-    """
-    traceback = error.__traceback__
-    while traceback is not None and traceback.tb_next is not None:
-        if traceback.tb_next.tb_frame.f_code in _STEPPING_CODES:
-            traceback.tb_next = traceback.tb_next.tb_next
-        else:
-            traceback = traceback.tb_next
+        (No __next__ on the class: a task then calls send() itself.)
+        """
+        self._journal._wrapped = True
+        message: Any = None
+        step: Callable[[Any], Any] = self.send
+        while True:
+            try:
+                yielded = step(message)
+            except StopIteration as stop:
+                result: _T = stop.value
+                return result
+            try:
+                message, step = (yield yielded), self.send
+            except GeneratorExit:
+                self.close()
+                raise
+            except BaseException as thrown:  # noqa: BLE001 -- handed on to the coroutine
+                message, step = thrown, self.throw
